@@ -1,0 +1,25 @@
+# carve: k-fold 3D U-Net segmentation from few labelled scans, DICOM to STL.
+# Run:  snakemake --cores all                 (config/config.yaml: the synthetic demo)
+#       snakemake --cores all --configfile my.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/convert.smk"
+include: "rules/plan.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/evaluate.smk"
+include: "rules/mesh.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

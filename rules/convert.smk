@@ -1,0 +1,42 @@
+rule convert_image:
+    input:
+        image=case_image,
+    output:
+        image=f"{R}/nifti/{{case}}/image.nii.gz",
+    log:
+        f"{R}/logs/convert_image/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/convert_image/{{case}}.tsv"
+    params:
+        dicom=config["dicom"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/convert_image.py"
+
+
+rule convert_label:
+    input:
+        label=case_label,
+        image=f"{R}/nifti/{{case}}/image.nii.gz",
+    output:
+        label=f"{R}/nifti/{{case}}/label.nii.gz",
+    log:
+        f"{R}/logs/convert_label/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/convert_label/{{case}}.tsv"
+    params:
+        labels=LABELS,
+        dicom=config["dicom"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/convert_label.py"

@@ -1,0 +1,65 @@
+rule plan:
+    input:
+        images=[converted_image(c) for c in TRAIN],
+        labels=[converted_label(c) for c in TRAIN],
+    output:
+        plans=f"{R}/plans.json",
+    log:
+        f"{R}/logs/plan/plan.log",
+    benchmark:
+        f"{R}/benchmarks/plan/plan.tsv"
+    params:
+        labels=LABELS,
+        modality=config["modality"],
+        plan=config["plan"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/plan.py"
+
+
+rule split:
+    output:
+        splits=f"{R}/splits.json",
+    log:
+        f"{R}/logs/split/split.log",
+    benchmark:
+        f"{R}/benchmarks/split/split.tsv"
+    params:
+        cases=TRAIN,
+        folds=config["folds"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/split.py"
+
+
+rule preprocess:
+    input:
+        image=f"{R}/nifti/{{train_case}}/image.nii.gz",
+        label=f"{R}/nifti/{{train_case}}/label.nii.gz",
+        plans=f"{R}/plans.json",
+    output:
+        case=f"{R}/preprocessed/{{train_case}}.npz",
+    log:
+        f"{R}/logs/preprocess/{{train_case}}.log",
+    benchmark:
+        f"{R}/benchmarks/preprocess/{{train_case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/preprocess.py"

@@ -1,0 +1,26 @@
+rule train_fold:
+    input:
+        plans=f"{R}/plans.json",
+        splits=f"{R}/splits.json",
+        cases=[f"{R}/preprocessed/{c}.npz" for c in TRAIN],
+    output:
+        model=f"{R}/models/fold_{{fold}}/model.pt",
+        config=f"{R}/models/fold_{{fold}}/config.json",
+        curves=f"{R}/models/fold_{{fold}}/curves.tsv",
+        plot=f"{R}/models/fold_{{fold}}/curves.png",
+    log:
+        f"{R}/logs/train_fold/fold_{{fold}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_fold/fold_{{fold}}.tsv"
+    params:
+        train=train_params(),
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=lambda wildcards, attempt: int(60 + 2 * (config["train"].get("time_budget_min") or 60)),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/train_fold.py"

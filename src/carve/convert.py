@@ -1,0 +1,217 @@
+"""Convert a case's image and label (DICOM series folder or image file) to checked NIfTI.
+
+Every refusal is a :class:`ConversionError` whose one-line message names the case, the file and the reason;
+nothing is written unless the whole conversion succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carve.io import Geometry, ImageReadError, is_image_file, read_image, write_image
+
+log = logging.getLogger("carve.convert")
+
+
+class ConversionError(ValueError):
+    """An input that carve refuses to convert."""
+
+
+@dataclass(frozen=True)
+class DicomOptions:
+    series_uid: str | None = None
+    series_description: str | None = None
+    tilt: str = "resample"  # or "refuse"
+
+
+@dataclass(frozen=True)
+class LabelOptions:
+    tolerance_mm: float = 1e-3  # geometry differences below this are taken as the same grid
+    resample_tolerance_mm: float = 2.0  # differences up to this are resampled (nearest), beyond refused
+    float_tolerance: float = 1e-3  # float labels within this of an integer are rounded
+
+
+def load_volume(case: str, source: Path, dicom: DicomOptions = DicomOptions()) -> tuple[np.ndarray, Geometry]:
+    """Read a DICOM series folder or an image file as a 3D volume."""
+    source = Path(source)
+    try:
+        if source.is_dir():
+            from carve.dicom import DicomError, read_dicom_series
+
+            try:
+                return read_dicom_series(
+                    source,
+                    uid=dicom.series_uid,
+                    description_pattern=dicom.series_description,
+                    tilt=dicom.tilt,
+                )
+            except DicomError as err:
+                raise ConversionError(f"case '{case}': {err}") from None
+        if not source.exists():
+            raise ConversionError(f"case '{case}': {source}: no such file or folder")
+        if not is_image_file(source):
+            raise ConversionError(
+                f"case '{case}': {source}: not a DICOM folder or a NIfTI/NRRD/MHA file (unknown extension)"
+            )
+        array, geometry = read_image(source)
+        _refuse_nonfinite_nifti(case, source)
+        return array, geometry
+    except ImageReadError as err:
+        raise ConversionError(f"case '{case}': {err}") from None
+
+
+def _refuse_nonfinite_nifti(case: str, source: Path) -> None:
+    """ITK reads NaN in NIfTI as 0 without a word; look at the raw values with nibabel first."""
+    if not str(source).lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    image = nib.load(str(source))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return
+    bad = int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    if bad:
+        raise ConversionError(f"case '{case}': {source}: {bad} voxel(s) are NaN or infinite; fix or mask them")
+
+
+def check_image(case: str, source: Path, array: np.ndarray) -> np.ndarray:
+    """Refuse images carve cannot learn from; returns the array in a storable dtype."""
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise ConversionError(f"case '{case}': {source}: expected a 3D volume, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise ConversionError(
+                f"case '{case}': {source}: {int(bad.sum())} voxel(s) are NaN or infinite; fix or mask them"
+            )
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if np.ptp(array) == 0:
+        log.warning("case '%s': %s: the image is constant (value %s)", case, source, array.flat[0])
+    return array
+
+
+def convert_image(case: str, source: Path, out_path: Path, dicom: DicomOptions = DicomOptions()) -> Geometry:
+    array, geometry = load_volume(case, source, dicom)
+    array = check_image(case, source, array)
+    write_image(out_path, array, geometry)
+    log.info(
+        "case '%s': image %s -> %s, shape %s, spacing %s mm",
+        case,
+        source.name,
+        out_path,
+        array.shape,
+        tuple(round(s, 4) for s in geometry.spacing_mm),
+    )
+    return geometry
+
+
+def to_integer_labels(case: str, source: Path, labels: np.ndarray, float_tolerance: float) -> np.ndarray:
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise ConversionError(f"case '{case}': {source}: label contains NaN or infinite values")
+        rounded = np.rint(labels)
+        off = np.abs(labels - rounded).max() if labels.size else 0.0
+        if off > float_tolerance:
+            raise ConversionError(
+                f"case '{case}': {source}: label has non-integer values (off by up to {off:.4g}); "
+                "a label map must hold integer label values"
+            )
+        if off > 0:
+            log.warning("case '%s': %s: float label values rounded to integers (max change %.3g)", case, source, off)
+        labels = rounded
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ConversionError(
+            f"case '{case}': {source}: label values must lie in 0..255, found {labels.min()}..{labels.max()}"
+        )
+    return labels.astype(np.uint8)
+
+
+def convert_label(
+    case: str,
+    source: Path,
+    image_nifti: Path,
+    out_path: Path,
+    label_values: Mapping[int, str],
+    options: LabelOptions = LabelOptions(),
+    dicom: DicomOptions = DicomOptions(),
+) -> dict[str, int]:
+    """Convert a label onto its (already converted) image's grid; returns voxel counts per label name."""
+    image, image_geometry = read_image(image_nifti)
+    labels, geometry = load_volume(case, source, dicom)
+    labels = to_integer_labels(case, source, labels, options.float_tolerance)
+    same_shape = labels.shape == image.shape
+    if same_shape and geometry.is_close(image_geometry, options.tolerance_mm, shape=image.shape):
+        pass
+    elif (
+        same_shape
+        and geometry.is_close(image_geometry, options.resample_tolerance_mm, shape=image.shape)
+        or (
+            not same_shape
+            and _overlaps(labels.shape, geometry, image.shape, image_geometry)
+            and _within(labels.shape, geometry, image.shape, image_geometry, options.resample_tolerance_mm)
+        )
+    ):
+        from carve.resample import resample_to_reference
+
+        log.warning(
+            "case '%s': %s: label grid differs from the image grid (shape %s vs %s); resampled onto the image "
+            "grid (nearest neighbour)",
+            case,
+            source,
+            labels.shape,
+            image.shape,
+        )
+        labels = resample_to_reference(labels, geometry, image.shape, image_geometry, order=0)
+    else:
+        raise ConversionError(
+            f"case '{case}': {source}: label does not match its image {image_nifti.name}: shape {labels.shape} vs "
+            f"{image.shape}, spacing {_r(geometry.spacing_mm)} vs {_r(image_geometry.spacing_mm)} mm, origin "
+            f"{_r(geometry.origin_mm)} vs {_r(image_geometry.origin_mm)} mm"
+        )
+    present = {int(v) for v in np.unique(labels)} - {0}
+    unknown = sorted(present - set(int(k) for k in label_values))
+    if unknown:
+        raise ConversionError(
+            f"case '{case}': {source}: label value(s) {unknown} are not in the config's labels "
+            f"{dict(sorted(label_values.items()))}"
+        )
+    counts = {name: int((labels == value).sum()) for value, name in sorted(label_values.items())}
+    if not present:
+        log.warning("case '%s': %s: the label is empty (no foreground voxel)", case, source)
+    write_image(out_path, labels, image_geometry)
+    log.info("case '%s': label %s -> %s, voxels per label %s", case, source.name, out_path, counts)
+    return counts
+
+
+def _r(values) -> tuple:
+    return tuple(round(float(v), 3) for v in values)
+
+
+def _extent(shape, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    world = geometry.index_to_world(corners)
+    return world.min(axis=0), world.max(axis=0)
+
+
+def _overlaps(shape_a, geom_a: Geometry, shape_b, geom_b: Geometry) -> bool:
+    lo_a, hi_a = _extent(shape_a, geom_a)
+    lo_b, hi_b = _extent(shape_b, geom_b)
+    return bool(np.all(lo_a <= hi_b) and np.all(lo_b <= hi_a))
+
+
+def _within(shape_a, geom_a: Geometry, shape_b, geom_b: Geometry, tolerance_mm: float) -> bool:
+    """Both grids span the same physical box to within ``tolerance_mm`` (a re-gridded copy of one scan)."""
+    lo_a, hi_a = _extent(shape_a, geom_a)
+    lo_b, hi_b = _extent(shape_b, geom_b)
+    pad_a = np.abs(geom_a.affine[:3, :3]).sum(axis=1) / 2
+    pad_b = np.abs(geom_b.affine[:3, :3]).sum(axis=1) / 2
+    return bool(
+        np.abs((lo_a - pad_a) - (lo_b - pad_b)).max() <= tolerance_mm
+        and np.abs((hi_a + pad_a) - (hi_b + pad_b)).max() <= tolerance_mm
+    )

@@ -1,0 +1,151 @@
+"""Dataset fingerprint and experiment plan (``plans.json``).
+
+The plan fixes everything the data decides: target spacing (median per axis; for strongly anisotropic
+data the coarse axis takes the 10th percentile, as nnU-Net does), intensity normalisation by modality
+(CT: clip to the foreground 0.5-99.5 percentiles and z-score with foreground statistics; MR and others:
+per-image z-score), patch size fitted to the median resampled shape and to a voxel budget for the training
+device, and the network topology. A user may edit ``plans.json`` and rerun: training reads it as written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import carve
+from carve.io import atomic_write_text, read_image
+from carve.resample import ANISOTROPY_RATIO, target_shape
+
+PLANS_VERSION = 1
+FOREGROUND_SAMPLES_PER_CASE = 10_000
+
+
+class PlanError(ValueError):
+    """Plans that cannot be made or used."""
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    modality: str = "MR"
+    max_patch_voxels: int = 48 * 64 * 48  # CPU default; raise for a GPU
+    batch_size: int = 2
+    base_channels: int = 16
+    max_channels: int = 256
+    max_stages: int = 5
+    target_spacing_mm: tuple[float, float, float] | None = None  # override the fingerprint's choice
+    seed: int = 0
+
+
+def fingerprint(images: Sequence[Path], labels: Sequence[Path], seed: int = 0) -> dict:
+    """Spacing, shapes and foreground intensity statistics of the training cases."""
+    rng = np.random.default_rng(seed)
+    spacings, shapes, samples = [], [], []
+    for image_path, label_path in zip(images, labels, strict=True):
+        image, geometry = read_image(image_path)
+        label, _ = read_image(label_path)
+        spacings.append(list(geometry.spacing_mm))
+        shapes.append(list(image.shape))
+        fg = image[label > 0].astype(np.float64)
+        if fg.size:
+            take = min(fg.size, FOREGROUND_SAMPLES_PER_CASE)
+            samples.append(rng.choice(fg, size=take, replace=False))
+    fg = np.concatenate(samples) if samples else np.zeros(1)
+    return {
+        "cases": len(spacings),
+        "spacings_mm": spacings,
+        "shapes_vox": shapes,
+        "foreground_intensity": {
+            "mean": float(fg.mean()),
+            "std": float(fg.std()),
+            "percentile_00_5": float(np.percentile(fg, 0.5)),
+            "percentile_99_5": float(np.percentile(fg, 99.5)),
+        },
+    }
+
+
+def choose_target_spacing(spacings_mm: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    s = np.asarray(spacings_mm, dtype=float)
+    target = np.median(s, axis=0)
+    coarse = int(np.argmax(target))
+    others = np.delete(target, coarse)
+    if target[coarse] > ANISOTROPY_RATIO * others.max():
+        target[coarse] = max(np.percentile(s[:, coarse], 10), others.max())
+    return tuple(float(round(t, 6)) for t in target)
+
+
+def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions) -> dict:
+    from carve.network import fit_patch_size, plan_topology
+
+    spacing = options.target_spacing_mm or choose_target_spacing(fp["spacings_mm"])
+    resampled = [target_shape(sh, sp, spacing) for sh, sp in zip(fp["shapes_vox"], fp["spacings_mm"], strict=True)]
+    median_shape = tuple(int(v) for v in np.median(np.asarray(resampled), axis=0))
+    patch = fit_patch_size(median_shape, spacing, options.max_patch_voxels)
+    strides, kernels = plan_topology(patch, spacing, max_stages=options.max_stages)
+    modality = options.modality.upper()
+    fg = fp["foreground_intensity"]
+    if modality == "CT":
+        normalisation = {
+            "scheme": "ct",
+            "clip": [fg["percentile_00_5"], fg["percentile_99_5"]],
+            "mean": fg["mean"],
+            "std": max(fg["std"], 1e-6),
+        }
+    else:
+        normalisation = {"scheme": "zscore_per_image"}
+    values = sorted(int(v) for v in label_names)
+    if values != list(range(1, len(values) + 1)):
+        raise PlanError(f"label values must be 1..N without gaps, got {values}")
+    return {
+        "plans_version": PLANS_VERSION,
+        "carve_version": carve.__version__,
+        "modality": modality,
+        "labels": {str(v): label_names[v] for v in values},
+        "n_classes": len(values) + 1,
+        "target_spacing_mm": list(spacing),
+        "median_shape_vox": list(median_shape),
+        "patch_size": [int(p) for p in patch],
+        "batch_size": int(options.batch_size),
+        "network": {
+            "base_channels": int(options.base_channels),
+            "max_channels": int(options.max_channels),
+            "strides": [list(map(int, s)) for s in strides],
+            "kernel_sizes": [list(map(int, k)) for k in kernels],
+        },
+        "normalisation": normalisation,
+        "fingerprint": dict(fp),
+    }
+
+
+def write_plans(path: Path, plans: Mapping) -> None:
+    atomic_write_text(path, json.dumps(plans, indent=2) + "\n")
+
+
+def load_plans(path: Path) -> dict:
+    try:
+        plans = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PlanError(f"{path}: cannot read plans ({err})") from None
+    if plans.get("plans_version") != PLANS_VERSION:
+        raise PlanError(
+            f"{path}: plans version {plans.get('plans_version')} is not {PLANS_VERSION}; rerun the plan rule"
+        )
+    for key in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "network"):
+        if key not in plans:
+            raise PlanError(f"{path}: plans lack '{key}'")
+    return plans
+
+
+def plan_dataset(
+    images: Sequence[Path],
+    labels: Sequence[Path],
+    label_names: Mapping[int, str],
+    options: PlanOptions,
+    out: Path,
+) -> dict:
+    plans = make_plans(fingerprint(images, labels, options.seed), label_names, options)
+    write_plans(out, plans)
+    return plans

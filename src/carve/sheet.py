@@ -1,0 +1,112 @@
+"""The cases sheet: one row per case with ``case``, ``image``, ``label`` and ``role``.
+
+Paths are relative to the sheet. Every problem of a sheet is reported at once, one line each, with the
+row, the case and the column, before any job runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("case", "image", "label", "role")
+ROLES = ("train", "test")
+# A case id becomes a file name: keep it to a safe, portable set (no spaces, slashes, '..', shell syntax).
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SheetError(ValueError):
+    """A cases sheet with one or more problems (the message lists each on its own line)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    case: str
+    image: Path
+    label: Path | None
+    role: str
+
+    @property
+    def has_label(self) -> bool:
+        return self.label is not None
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value)) or str(value).strip() == ""
+
+
+def check_case_id(case: str) -> str | None:
+    """The problem with a case id, or None when it is safe to use in file names."""
+    if not CASE_ID.match(case):
+        return (
+            "case id must be 1-64 ASCII letters, digits, '_', '.' or '-', starting with a letter or digit "
+            "(no spaces, slashes or shell characters)"
+        )
+    if ".." in case:
+        return "case id must not contain '..'"
+    return None
+
+
+def load_sheet(path: str | Path) -> list[Case]:
+    """Read and check a cases sheet (TSV); raises :class:`SheetError` listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SheetError(f"{path}: cases sheet not found")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SheetError(f"{path}: cannot be read as a tab-separated sheet ({err})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise SheetError(
+            f"{path}: missing column(s) {', '.join(missing)}; a cases sheet needs {', '.join(REQUIRED_COLUMNS)} "
+            f"(found {', '.join(map(str, df.columns)) or 'none'})"
+        )
+    base = path.resolve().parent
+    problems: list[str] = []
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
+        where = f"{path}: row {i}"
+        case = str(row["case"]).strip()
+        if _blank(case):
+            problems.append(f"{where}: empty case id")
+            continue
+        where = f"{where}, case '{case}'"
+        if (msg := check_case_id(case)) is not None:
+            problems.append(f"{where}: {msg}")
+        if case in seen:
+            problems.append(f"{where}: duplicate case id (first on row {seen[case]})")
+        seen.setdefault(case, i)
+        role = str(row["role"]).strip()
+        if role not in ROLES:
+            problems.append(f"{where}: role must be one of {', '.join(ROLES)}, got '{role}'")
+        image = None if _blank(row["image"]) else (base / str(row["image"]).strip())
+        label = None if _blank(row["label"]) else (base / str(row["label"]).strip())
+        if image is None:
+            problems.append(f"{where}: no image given")
+        elif not image.exists():
+            problems.append(f"{where}: image {image} does not exist")
+        if label is not None and not label.exists():
+            problems.append(f"{where}: label {label} does not exist")
+        if role == "train" and label is None:
+            problems.append(f"{where}: a training case needs a label")
+        if image is not None:
+            cases.append(Case(case, image, label, role))
+    if not problems and not cases:
+        problems.append(f"{path}: the sheet has no cases")
+    if problems:
+        raise SheetError("problems in the cases sheet:\n" + "\n".join(problems))
+    return cases
+
+
+def check_folds(cases: list[Case], folds: int, sheet: str | Path = "cases sheet") -> None:
+    n_train = sum(c.role == "train" for c in cases)
+    if n_train < max(2, folds):
+        raise SheetError(
+            f"{sheet}: {n_train} training case(s) for {folds} folds; each fold needs at least one held-out "
+            f"case and one training case, so give at least {max(2, folds)} training cases or fewer folds"
+        )

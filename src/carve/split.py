@@ -1,0 +1,41 @@
+"""Seeded k-fold split of the training cases, written once to ``splits.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from carve.io import atomic_write_text
+
+
+def kfold_splits(cases: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """Split ``cases`` into ``folds`` folds of near-equal size; the order of ``cases`` does not matter."""
+    names = sorted(set(cases))
+    if len(names) != len(cases):
+        raise ValueError("case ids must be unique")
+    if folds < 2 or folds > len(names):
+        raise ValueError(f"need 2 <= folds <= number of training cases ({len(names)}), got {folds}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    held = [sorted(shuffled[k::folds]) for k in range(folds)]
+    return [{"train": sorted(set(names) - set(h)), "val": h} for h in held]
+
+
+def write_splits(path: Path, cases: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
+    splits = kfold_splits(cases, folds, seed)
+    atomic_write_text(path, json.dumps({"seed": seed, "folds": splits}, indent=2) + "\n")
+    return splits
+
+
+def load_splits(path: Path) -> list[dict[str, list[str]]]:
+    return json.loads(Path(path).read_text())["folds"]
+
+
+def fold_of(case: str, splits: Sequence[dict[str, list[str]]]) -> int:
+    for k, fold in enumerate(splits):
+        if case in fold["val"]:
+            return k
+    raise KeyError(f"case '{case}' is held out by no fold")

@@ -1,0 +1,43 @@
+"""Glue between Snakemake step scripts and the package: logging and clear, one-line failures."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Errors that are the input's fault: shown as one clear line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError)
+
+
+def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def run_step(log_path: str | Path | None, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run one pipeline step: log to ``log_path``; a user error exits with its message on one line."""
+    configure_logging(log_path)
+    log = logging.getLogger("carve")
+    start = time.perf_counter()
+    try:
+        result = func(*args, **kwargs)
+    except USER_ERRORS as err:
+        message = str(err)
+        log.error("%s", message)
+        raise SystemExit(f"carve error: {message}") from None
+    except Exception:
+        log.exception("unexpected failure in %s", getattr(func, "__name__", func))
+        raise
+    log.info("%s finished in %.1f s", getattr(func, "__name__", func), time.perf_counter() - start)
+    return result

@@ -1,0 +1,42 @@
+"""Shared fixtures: real data location and tiny anisotropic volumes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carve.io import Geometry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real public data (``../shared/data``), named by ``CARVE_SHARED_DATA``."""
+    value = os.environ.get("CARVE_SHARED_DATA")
+    if not value:
+        pytest.skip(
+            "CARVE_SHARED_DATA is not set: real-data tests need the shared data folder "
+            "(.ci/run sets it to ../shared/data)"
+        )
+    path = Path(value).resolve()
+    if not path.is_dir():
+        pytest.skip(f"CARVE_SHARED_DATA={value} is not a folder")
+    return path
+
+
+def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    a = np.asarray(axis, dtype=float)
+    a /= np.linalg.norm(a)
+    t = np.deg2rad(degrees)
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+
+
+@pytest.fixture
+def oblique_geometry() -> Geometry:
+    """Anisotropic spacing, non-axial direction, non-zero origin."""
+    return Geometry((2.5, 0.8, 0.9), (-12.0, 30.5, 7.25), rotation((1.0, 2.0, 0.5), 17.0))

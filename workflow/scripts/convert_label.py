@@ -1,0 +1,21 @@
+"""Snakemake adapter: convert one case's label onto its converted image's grid."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.convert import DicomOptions, LabelOptions, convert_label
+
+run_step(
+    snakemake.log[0],
+    convert_label,
+    snakemake.wildcards.case,
+    Path(snakemake.input.label),
+    Path(snakemake.input.image),
+    Path(snakemake.output.label),
+    {int(k): str(v) for k, v in snakemake.params.labels.items()},
+    LabelOptions(),
+    DicomOptions(**snakemake.params.dicom),
+)

@@ -1,0 +1,22 @@
+"""Snakemake adapter: fold-ensemble prediction of one test case."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.fold import predict_with_models
+
+run_step(
+    snakemake.log[0],
+    predict_with_models,
+    case=snakemake.wildcards.test_case,
+    image_path=Path(snakemake.input.image),
+    plans_path=Path(snakemake.input.plans),
+    model_paths=[Path(p) for p in snakemake.input.models],
+    outputs=(Path(snakemake.output.labels), Path(snakemake.output.uncertainty), Path(snakemake.output.scores)),
+    predict_options=dict(snakemake.params.predict),
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,20 @@
+"""Snakemake adapter: normalise and resample one training case to the plan's spacing."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.plan import load_plans
+from carve.preprocess import preprocess_case
+
+run_step(
+    snakemake.log[0],
+    lambda: preprocess_case(
+        Path(snakemake.input.image),
+        Path(snakemake.input.label),
+        load_plans(Path(snakemake.input.plans)),
+        Path(snakemake.output.case),
+    ),
+)
