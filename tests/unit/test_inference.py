@@ -1,0 +1,237 @@
+"""Sliding-window ensemble inference: known answers with tiny hand-made models."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from carve.inference import (
+    EnsembleResult,
+    gaussian_importance,
+    sliding_window_probabilities,
+    window_starts,
+)
+
+torch.set_num_threads(1)
+
+N_CLASSES = 3
+PATCH = (4, 6, 5)  # anisotropic patch (z, y, x)
+
+
+class Identity(nn.Module):
+    """Returns its input as logits: input channels are the classes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+
+class PositionDependent(nn.Module):
+    """Logits depend on the position inside the patch (not translation equivariant)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.linspace(-3.0, 3.0, x.shape[2]).view(1, 1, -1, 1, 1)
+        ramp = torch.cat([z, -z, 0.5 * z], dim=1)[:, : x.shape[1]]
+        return x + ramp
+
+
+class Constant(nn.Module):
+    """Predicts one fixed class everywhere, confidently."""
+
+    def __init__(self, label: int, n_classes: int = N_CLASSES) -> None:
+        super().__init__()
+        self.label = label
+        self.n_classes = n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((x.shape[0], self.n_classes, *x.shape[2:]))
+        out[:, self.label] = 20.0
+        return out
+
+
+def one_hot_image(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, N_CLASSES, size=shape)
+    image = (np.eye(N_CLASSES, dtype=np.float32)[labels] * 10.0).transpose(3, 0, 1, 2)
+    return np.ascontiguousarray(image), labels
+
+
+def run(models, image, **kw) -> EnsembleResult:
+    return sliding_window_probabilities(models, image, PATCH, n_classes=N_CLASSES, **kw)
+
+
+def test_gaussian_importance_peak_and_floor() -> None:
+    g = gaussian_importance(PATCH)
+    assert g.shape == PATCH and g.dtype == np.float32
+    assert g.max() == pytest.approx(1.0)
+    assert g[2, 3, 2] == pytest.approx(1.0)  # centre at i // 2
+    assert g.min() > 0
+    assert g[0, 0, 0] < g[1, 2, 2] < g[2, 3, 2]
+    assert gaussian_importance((64, 64, 64)).min() == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("shape", [(4, 6, 5), (11, 17, 5), (9, 6, 23), (4, 40, 7)])
+def test_window_starts_cover_every_voxel_and_last_is_flush(shape, overlap) -> None:
+    starts = window_starts(shape, PATCH, overlap)
+    covered = np.zeros(shape, dtype=int)
+    for st in starts:
+        covered[tuple(slice(s, s + p) for s, p in zip(st, PATCH, strict=True))] += 1
+    assert covered.min() >= 1
+    assert len(set(starts)) == len(starts)
+    for axis in range(3):
+        per_axis = sorted({st[axis] for st in starts})
+        assert per_axis[0] == 0
+        assert per_axis[-1] == shape[axis] - PATCH[axis]
+        steps = np.diff(per_axis)
+        assert (steps <= max(1, int(np.ceil(PATCH[axis] * (1 - overlap))))).all()
+
+
+def test_window_starts_small_volume_and_no_overlap() -> None:
+    assert window_starts((2, 3, 5), PATCH, 0.5) == [(0, 0, 0)]
+    assert window_starts((8, 6, 5), PATCH, 0.0) == [(0, 0, 0), (4, 0, 0)]
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts((8, 6, 5), PATCH, 1.0)
+
+
+SHAPES = [(2, 3, 4), (4, 6, 5), (9, 13, 11), (3, 6, 12), (10, 4, 5)]  # smaller, equal, larger, mixed
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_identity_model_reproduces_argmax(shape, overlap) -> None:
+    image, labels = one_hot_image(shape)
+    result = run([Identity()], image, overlap=overlap, batch_windows=3)
+    assert result.mean_probabilities.shape == (N_CLASSES, *shape)
+    assert result.mean_probabilities.dtype == np.float32
+    assert result.mean_entropy.shape == shape and result.std.shape == (N_CLASSES, *shape)
+    assert result.n_members == 1
+    np.testing.assert_array_equal(result.mean_probabilities.argmax(0), labels)
+    # identity softmax of one-hot * 10 is the same in every window: fusion must reproduce it exactly
+    expected = torch.softmax(torch.from_numpy(image), dim=0).numpy()
+    np.testing.assert_allclose(result.mean_probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(result.std, 0.0, atol=0)
+
+
+def test_mirroring_equivariant_model_gives_same_result() -> None:
+    image, labels = one_hot_image((9, 13, 11), seed=1)
+    plain = run([Identity()], image)
+    mirrored = run([Identity()], image, mirror_axes=(0, 1, 2))
+    assert mirrored.n_members == 8
+    np.testing.assert_allclose(mirrored.mean_probabilities, plain.mean_probabilities, atol=1e-6)
+    np.testing.assert_array_equal(mirrored.mean_probabilities.argmax(0), labels)
+    np.testing.assert_allclose(mirrored.std, 0.0, atol=1e-6)
+
+
+def test_mirroring_flips_output_back() -> None:
+    """A model that is not mirror-equivariant: flipped members differ, so std > 0 and sums stay 1."""
+    image, _ = one_hot_image((9, 13, 11), seed=2)
+    result = run([PositionDependent()], image, mirror_axes=(0,), overlap=0.5)
+    assert result.n_members == 2
+    assert result.std.max() > 1e-3
+    np.testing.assert_allclose(result.mean_probabilities.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (13, 9, 12)])
+def test_position_dependent_model_is_finite_and_normalised(shape) -> None:
+    image, _ = one_hot_image(shape, seed=3)
+    result = run([PositionDependent()], image * 0.1, overlap=0.5, mirror_axes=(1, 2))
+    for array in (result.mean_probabilities, result.mean_entropy, result.std):
+        assert np.isfinite(array).all()
+    np.testing.assert_allclose(result.mean_probabilities.sum(0), 1.0, atol=1e-5)
+    assert (result.mean_probabilities >= 0).all()
+    assert (result.mean_entropy >= 0).all() and (result.mean_entropy <= np.log(N_CLASSES) + 1e-5).all()
+
+
+def test_two_identical_models_have_zero_std_and_mutual_information() -> None:
+    image, _ = one_hot_image((7, 8, 9), seed=4)
+    model = nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1)
+    twin = nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1)
+    twin.load_state_dict(model.state_dict())
+    result = run([model, twin], image * 0.1)
+    single = run([model], image * 0.1)
+    assert result.n_members == 2
+    np.testing.assert_array_equal(result.std, 0.0)
+    np.testing.assert_allclose(result.mean_probabilities, single.mean_probabilities, atol=1e-6)
+    entropy = -(result.mean_probabilities * np.log(result.mean_probabilities)).sum(0)
+    assert entropy.max() > 0.1  # not trivially confident
+    np.testing.assert_allclose(entropy - result.mean_entropy, 0.0, atol=1e-5)  # mutual information
+
+
+def test_disagreeing_models_have_std_where_they_disagree() -> None:
+    image, _ = one_hot_image((6, 7, 8), seed=5)
+    result = run([Constant(1), Constant(2)], image, mirror_axes=(2,))
+    assert result.n_members == 4
+    p = result.mean_probabilities
+    np.testing.assert_allclose(p[1], 0.5, atol=1e-6)
+    np.testing.assert_allclose(p[2], 0.5, atol=1e-6)
+    np.testing.assert_allclose(result.std[1], 0.5, atol=1e-5)  # members at 0 and 1: population std 0.5
+    np.testing.assert_allclose(result.std[0], 0.0, atol=1e-6)  # both agree background is absent
+    np.testing.assert_allclose(result.mean_entropy, 0.0, atol=1e-5)  # each member is confident
+
+
+def test_std_matches_explicit_members() -> None:
+    """Running (Welford) statistics equal those of stored member maps."""
+    image, _ = one_hot_image((5, 9, 7), seed=6)
+    torch.manual_seed(0)
+    models = [nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1) for _ in range(3)]
+    result = run(models, image * 0.2, overlap=0.5)
+    members = np.stack([run([m], image * 0.2, overlap=0.5).mean_probabilities for m in models])
+    np.testing.assert_allclose(result.mean_probabilities, members.mean(0), atol=1e-6)
+    np.testing.assert_allclose(result.std, members.std(0), atol=1e-5)
+    entropies = -(members * np.log(np.clip(members, 1e-30, 1))).sum(1)
+    np.testing.assert_allclose(result.mean_entropy, entropies.mean(0), atol=1e-5)
+
+
+def test_half_precision_output_and_conv_model_ensemble() -> None:
+    image, _ = one_hot_image((5, 6, 7), seed=7)
+    result = run([nn.Conv3d(N_CLASSES, N_CLASSES, 1)], image, half_precision_output=True)
+    assert result.mean_probabilities.dtype == np.float16 and result.std.dtype == np.float16
+    assert result.mean_entropy.dtype == np.float32
+    np.testing.assert_allclose(result.mean_probabilities.astype(np.float32).sum(0), 1.0, atol=1e-2)
+
+
+def test_padding_value_reaches_the_model() -> None:
+    """A volume smaller than the patch is padded with the per-channel minimum, then cropped back."""
+    seen: list[torch.Tensor] = []
+
+    class Recorder(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.clone())
+            return super().forward(x)
+
+    image, labels = one_hot_image((2, 6, 5), seed=8)
+    image = image - 3.0  # minimum -3
+    result = run([Recorder()], image)
+    assert seen[0].shape == (1, N_CLASSES, *PATCH)
+    assert float(seen[0][0, :, 0].min()) == pytest.approx(-3.0)  # padded slab
+    np.testing.assert_array_equal(result.mean_probabilities.argmax(0), labels)
+
+
+def test_clear_errors() -> None:
+    image, _ = one_hot_image((4, 6, 5))
+    with pytest.raises(ValueError, match="logits of shape"):
+        sliding_window_probabilities([Identity()], image, PATCH, n_classes=2)
+    with pytest.raises(ValueError, match=r"\(C, z, y, x\)"):
+        run([Identity()], image[0])
+    with pytest.raises(ValueError, match="mirror_axes"):
+        run([Identity()], image, mirror_axes=(3,))
+    with pytest.raises(ValueError, match="at least one model"):
+        run([], image)
+
+
+def test_all_mirror_combinations_are_members() -> None:
+    calls: list[int] = []
+
+    class Counter(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    image, _ = one_hot_image((4, 6, 5))
+    result = run([Counter(), Counter()], image, mirror_axes=(0, 2))
+    assert result.n_members == 2 * len(list(itertools.product([0, 1], repeat=2)))
+    assert sum(calls) == result.n_members  # one window per member
