@@ -10,7 +10,19 @@ import pandas as pd
 
 from carve.io import atomic_write_text, read_image
 
-SUMMARY_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "f1", "hd95", "assd", "nsd")
+SUMMARY_METRICS = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "accuracy",
+    "f1",
+    "hd95_mm",
+    "assd_mm",
+    "nsd",
+    "volume_difference_rel",
+)
 
 
 class EvaluationError(ValueError):
