@@ -1,0 +1,143 @@
+"""Per-fold steps: build the resolved training configuration from the plans, train a fold, and predict
+with the right models (the whole ensemble for test cases, the held-out fold for training cases)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from carve.io import atomic_write_text
+from carve.plan import load_plans
+from carve.predict import PredictOptions, predict_case, select_device
+from carve.preprocess import load_case
+from carve.split import fold_of, load_splits
+
+log = logging.getLogger("carve.fold")
+
+
+def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
+    """The resolved :class:`carve.train.TrainConfig` of a fold: plans first, then the config's ``train`` keys."""
+    from carve.augment import AugmentConfig
+    from carve.network import NetworkConfig
+    from carve.train import TrainConfig
+
+    net = plans["network"]
+    network = NetworkConfig(
+        in_channels=1,
+        n_classes=int(plans["n_classes"]),
+        base_channels=int(net["base_channels"]),
+        max_channels=int(net["max_channels"]),
+        strides=tuple(tuple(int(v) for v in s) for s in net["strides"]),
+        kernel_sizes=tuple(tuple(int(v) for v in k) for k in net["kernel_sizes"]),
+    )
+    opts = {k: v for k, v in options.items() if v is not None or k in ("epochs", "time_budget_min")}
+    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.pop("augment", {}).items()})
+    return TrainConfig(
+        **opts,
+        batch_size=int(plans["batch_size"]),
+        patch_size=tuple(int(p) for p in plans["patch_size"]),
+        spacing_mm=tuple(float(s) for s in plans["target_spacing_mm"]),
+        seed=int(seed),
+        augment=augment,
+        network=network,
+    )
+
+
+def train_one_fold(
+    fold: int,
+    plans_path: Path,
+    splits_path: Path,
+    case_paths: Sequence[Path],
+    train_options: Mapping[str, Any],
+    seed: int,
+    out_dir: Path,
+    device: str = "auto",
+    threads: int = 1,
+) -> Path:
+    """Train fold ``fold`` on its training cases, validating on its held-out cases."""
+    from carve.train import train_fold
+
+    plans = load_plans(plans_path)
+    splits = load_splits(splits_path)
+    if not 0 <= fold < len(splits):
+        raise ValueError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
+    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
+    missing = [c for c in splits[fold]["train"] + splits[fold]["val"] if c not in by_case]
+    if missing:
+        raise ValueError(f"{splits_path}: fold {fold} names cases without preprocessed data: {missing}")
+
+    def load(names: Sequence[str]) -> list:
+        return [load_case(by_case[c])[:2] for c in names]
+
+    config = train_config_from(plans, train_options, seed + fold)
+    device = select_device(device)
+    log.info(
+        "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s)",
+        fold,
+        len(splits[fold]["train"]),
+        len(splits[fold]["val"]),
+        config.patch_size,
+        config.batch_size,
+        device,
+        threads,
+    )
+    out_dir = Path(out_dir)
+    model = train_fold(
+        load(splits[fold]["train"]), load(splits[fold]["val"]), config, out_dir, device=device, threads=threads
+    )
+    resolved = {
+        "fold": fold,
+        "train_cases": splits[fold]["train"],
+        "val_cases": splits[fold]["val"],
+        "train": config.to_dict(),
+        "plans": {k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels")},
+    }
+    atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+    return model
+
+
+def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
+    return PredictOptions(
+        overlap=float(options.get("overlap", 0.5)),
+        mirror_axes=tuple(int(a) for a in options.get("mirror_axes", (0, 1, 2))),
+        batch_windows=int(options.get("batch_windows", 2)),
+    )
+
+
+def predict_with_models(
+    case: str,
+    image_path: Path,
+    plans_path: Path,
+    model_paths: Sequence[Path],
+    outputs: tuple[Path, Path, Path],
+    predict_options: Mapping[str, Any],
+    device: str = "auto",
+    threads: int = 1,
+) -> dict[str, float]:
+    """Fold-ensemble prediction of a case; ``outputs`` are (labels, uncertainty map, scores TSV)."""
+    plans = load_plans(plans_path)
+    return predict_case(
+        case, image_path, model_paths, plans, *outputs, _predict_options(predict_options), device, threads
+    )
+
+
+def predict_held_out(
+    case: str,
+    image_path: Path,
+    plans_path: Path,
+    splits_path: Path,
+    model_paths: Sequence[Path],
+    outputs: tuple[Path, Path, Path],
+    predict_options: Mapping[str, Any],
+    device: str = "auto",
+    threads: int = 1,
+) -> dict[str, float]:
+    """Cross-validation prediction of a training case by the one fold that did not see it."""
+    fold = fold_of(case, load_splits(splits_path))
+    model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
+    if len(model) != 1:
+        raise ValueError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
+    return predict_with_models(case, image_path, plans_path, model, outputs, predict_options, device, threads)

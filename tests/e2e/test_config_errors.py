@@ -1,0 +1,78 @@
+"""Config and sheet problems are clear errors when the workflow is parsed, before any job runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from carve.io import Geometry, write_image
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def dry_run(workdir: Path, config: dict) -> subprocess.CompletedProcess:
+    (workdir / "config").mkdir(exist_ok=True)
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump({"cases": "x", "labels": {1: "a"}}))
+    path = workdir / "my.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(path), "--dry-run", "--cores", "1"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+
+
+@pytest.fixture
+def data(tmp_path):
+    g = Geometry((2.0, 1.0, 1.0))
+    for name in ("a", "b", "c"):
+        write_image(tmp_path / f"{name}_img.nii.gz", np.zeros((4, 4, 4), np.float32), g)
+        write_image(tmp_path / f"{name}_lab.nii.gz", np.zeros((4, 4, 4), np.uint8), g)
+    return tmp_path
+
+
+def sheet(path: Path, rows: list[tuple[str, str, str, str]]) -> str:
+    path.write_text("case\timage\tlabel\trole\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_valid_sheet_dry_runs(data):
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 3})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "train_fold" in out.stdout
+
+
+def test_unknown_config_key(data):
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "fodls": 3})
+    assert out.returncode != 0
+    assert "fodls" in out.stderr and "Additional properties" in out.stderr
+
+
+def test_duplicate_case_and_missing_file(data):
+    rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("a", "b_img.nii.gz", "b_lab.nii.gz", "train"),
+            ("c", "nope.nii.gz", "", "test")]  # fmt: skip
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 2})
+    assert out.returncode != 0
+    assert "row 3, case 'a': duplicate case id" in out.stderr
+    assert "row 4, case 'c': image" in out.stderr and "nope.nii.gz does not exist" in out.stderr
+
+
+def test_test_case_without_image_and_too_few_for_folds(data):
+    rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("t", "", "", "test")]
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 2})
+    assert out.returncode != 0 and "case 't': no image given" in out.stderr
+    rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("b", "b_img.nii.gz", "b_lab.nii.gz", "train")]
+    out = dry_run(data, {"cases": sheet(data / "s2.tsv", rows), "labels": {1: "a"}, "folds": 5})
+    assert out.returncode != 0 and "2 training case(s) for 5 folds" in out.stderr
+
+
+def test_bad_label_map(data):
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {0: "background"}, "folds": 2})
+    assert out.returncode != 0 and "labels" in out.stderr

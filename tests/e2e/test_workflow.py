@@ -1,0 +1,118 @@
+"""End-to-end: lint, dry-run and run the Snakefile on a tiny generated dataset, then check the outputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import trimesh
+
+from carve.io import read_image
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "tests" / "e2e" / "config.yaml"
+pytestmark = pytest.mark.e2e
+
+
+def snakemake(workdir: Path, *args: str, config: Path = CONFIG) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(REPO / "config", workdir / "config")
+    dry = snakemake(workdir, "--dry-run", "--cores", "2")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    full = snakemake(workdir, "--cores", "2")
+    assert full.returncode == 0, full.stderr[-5000:]
+    return workdir, dry, full
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    lint = snakemake(tmp_path, "--lint")
+    assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
+    assert "Lints for rule" not in lint.stdout + lint.stderr
+
+
+def test_dry_run_plans_every_rule(run):
+    _, dry, _ = run
+    text = dry.stdout + dry.stderr
+    for rule in ("generate_demo", "convert_image", "convert_label", "plan", "split", "preprocess", "train_fold",
+                 "predict", "predict_cv", "evaluate", "summarise_metrics", "export_mesh"):  # fmt: skip
+        assert rule in text, f"rule {rule} missing from the dry run"
+
+
+def test_output_layout_and_geometry(run):
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    sheet = pd.read_csv(r / "data" / "cases.tsv", sep="\t")
+    assert (r / "plans.json").is_file() and (r / "splits.json").is_file()
+    for k in range(2):
+        assert (r / "models" / f"fold_{k}" / "model.pt").is_file()
+        assert (r / "models" / f"fold_{k}" / "config.json").is_file()
+    for case, role in zip(sheet["case"], sheet["role"], strict=True):
+        image, g_image = read_image(r / "nifti" / case / "image.nii.gz")
+        pred_path = r / ("cv" if role == "train" else "predictions") / f"{case}.nii.gz"
+        pred, g_pred = read_image(pred_path)
+        assert pred.shape == image.shape
+        assert g_pred.is_close(g_image, 1e-4, image.shape)
+        assert set(np.unique(pred)) <= {0, 1, 2}
+        unc, g_unc = read_image(r / "uncertainty" / f"{case}.nii.gz")
+        assert unc.shape == image.shape and g_unc.is_close(g_image, 1e-4, image.shape)
+        assert 0.0 <= unc.min() and unc.max() <= 1.0
+
+
+def test_meshes_are_watertight_and_in_world_coordinates(run):
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    stls = sorted((r / "meshes").glob("*/*.stl"))
+    assert stls, "no STL written"
+    for stl in stls:
+        mesh = trimesh.load(stl, force="mesh")
+        assert mesh.is_watertight, stl
+        assert mesh.volume > 0
+        labels, geometry = read_image(r / "predictions" / f"{stl.parent.name}.nii.gz") if (
+            r / "predictions" / f"{stl.parent.name}.nii.gz"
+        ).exists() else read_image(r / "cv" / f"{stl.parent.name}.nii.gz")
+        value = {"organ": 1, "lobe": 2}[stl.stem]
+        centroid = geometry.index_to_world(np.argwhere(labels == value).mean(axis=0)[None])[0]
+        assert np.linalg.norm(mesh.center_mass - centroid) < 3.0  # mm
+    for case_dir in (r / "meshes").iterdir():
+        table = pd.read_csv(case_dir / "meshes.tsv", sep="\t")
+        assert set(table["label"]) == {"organ", "lobe"}
+
+
+def test_metrics_are_sane(run):
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    cases = pd.read_csv(r / "metrics" / "cases.tsv", sep="\t")
+    summary = pd.read_csv(r / "metrics" / "summary.tsv", sep="\t")
+    assert set(cases["set"]) == {"cv", "test"}
+    assert len(cases) == 6 * 2  # 4 cv + 2 labelled test cases, 2 labels each
+    assert cases["dice"].between(0, 1).all() and cases["iou"].between(0, 1).all()
+    np.testing.assert_allclose(cases["iou"], cases["dice"] / (2 - cases["dice"]), atol=1e-6)
+    assert {"cv", "test"} <= set(summary["set"])
+    assert "mean_foreground" in set(summary["label"])
+
+
+def test_logs_and_benchmarks_written(run):
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    assert list((r / "logs" / "train_fold").glob("*.log"))
+    assert list((r / "benchmarks" / "predict").glob("*.tsv"))
+
+
+def test_rerun_has_nothing_to_do(run):
+    workdir, _, _ = run
+    again = snakemake(workdir, "--dry-run", "--cores", "2")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
