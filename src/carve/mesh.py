@@ -71,12 +71,23 @@ def mask_to_mesh(
     # pad by step_size so the sampled grid always has a zero layer beyond the object on every side
     pad = step_size
     padded = np.pad(fg[box], pad).astype(np.float32)
-    verts, faces, _, _ = marching_cubes(padded, level=0.5, step_size=step_size, allow_degenerate=False)
     offset = np.array([s.start for s in box], dtype=float) - pad
-    world = geometry.index_to_world(verts + offset)
-    if coordinates == "RAS":
-        world[:, :2] *= -1.0
-    mesh = trimesh.Trimesh(vertices=world, faces=faces, process=True)
+    # Lewiner's tables resolve ambiguous cells but scikit-image's implementation can leave a few edges shared
+    # by four faces where voxels touch along an edge; Lorensen's original tables then often give a closed surface.
+    tried = []
+    for method in ("lewiner", "lorensen"):
+        verts, faces, _, _ = marching_cubes(
+            padded, level=0.5, step_size=step_size, allow_degenerate=False, method=method
+        )
+        world = geometry.index_to_world(verts + offset)
+        if coordinates == "RAS":
+            world[:, :2] *= -1.0
+        mesh = trimesh.Trimesh(vertices=world, faces=faces, process=True)
+        if mesh.is_watertight:
+            break
+        tried.append(mesh)
+    else:
+        mesh = tried[0]  # neither closes: keep Lewiner's; the quality table flags it
     if mesh.volume < 0:
         mesh.invert()
     if smoothing_iterations > 0:

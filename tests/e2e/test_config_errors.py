@@ -23,7 +23,7 @@ def dry_run(workdir: Path, config: dict) -> subprocess.CompletedProcess:
     path.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(path), "--dry-run", "--cores", "1"]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def sheet(path: Path, rows: list[tuple[str, str, str, str]]) -> str:
 def test_valid_sheet_dry_runs(data):
     rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 3})
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-2000:]
     assert "train_fold" in out.stdout
 
 
@@ -51,7 +51,7 @@ def test_unknown_config_key(data):
     rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "fodls": 3})
     assert out.returncode != 0
-    assert "fodls" in out.stderr and "Additional properties" in out.stderr
+    assert "fodls" in out.stdout and "Additional properties" in out.stdout
 
 
 def test_duplicate_case_and_missing_file(data):
@@ -59,20 +59,20 @@ def test_duplicate_case_and_missing_file(data):
             ("c", "nope.nii.gz", "", "test")]  # fmt: skip
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 2})
     assert out.returncode != 0
-    assert "row 3, case 'a': duplicate case id" in out.stderr
-    assert "row 4, case 'c': image" in out.stderr and "nope.nii.gz does not exist" in out.stderr
+    assert "row 3, case 'a': duplicate case id" in out.stdout
+    assert "row 4, case 'c': image" in out.stdout and "nope.nii.gz does not exist" in out.stdout
 
 
 def test_test_case_without_image_and_too_few_for_folds(data):
     rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("t", "", "", "test")]
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 2})
-    assert out.returncode != 0 and "case 't': no image given" in out.stderr
+    assert out.returncode != 0 and "case 't': no image given" in out.stdout
     rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("b", "b_img.nii.gz", "b_lab.nii.gz", "train")]
     out = dry_run(data, {"cases": sheet(data / "s2.tsv", rows), "labels": {1: "a"}, "folds": 5})
-    assert out.returncode != 0 and "2 training case(s) for 5 folds" in out.stderr
+    assert out.returncode != 0 and "2 training case(s) for 5 folds" in out.stdout
 
 
 def test_bad_label_map(data):
     rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {0: "background"}, "folds": 2})
-    assert out.returncode != 0 and "labels" in out.stderr
+    assert out.returncode != 0 and "labels" in out.stdout

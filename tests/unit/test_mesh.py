@@ -179,3 +179,15 @@ def test_duplicate_file_names_are_refused(tmp_path):
     labels = np.ones((3, 3, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="duplicate"):
         export_label_meshes(labels, Geometry(SPACING), {1: "a b", 2: "a/b"}, tmp_path)
+
+
+def test_fragmented_masks_touching_along_edges_and_corners_stay_watertight():
+    # a poorly trained model gives speckled masks whose voxels touch only along edges or at corners
+    geometry = Geometry((2.5, 0.7, 0.9))
+    for seed in range(10):
+        speckle = np.random.default_rng(seed).random((10, 12, 12)) > 0.7
+        assert mask_to_mesh(speckle, geometry).is_watertight
+    diagonal = np.zeros((6, 6, 6), bool)
+    diagonal[2, 2, 2] = diagonal[3, 3, 2] = diagonal[4, 4, 3] = True
+    mesh = mask_to_mesh(diagonal, geometry)
+    assert mesh.is_watertight and mesh.volume > 0
