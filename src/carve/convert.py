@@ -27,6 +27,8 @@ class DicomOptions:
     series_uid: str | None = None
     series_description: str | None = None
     tilt: str = "resample"  # or "refuse"
+    uneven_spacing: str = "refuse"  # or "resample" onto the median slice increment
+    min_slices: int = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ def load_volume(case: str, source: Path, dicom: DicomOptions = DicomOptions()) -
                     uid=dicom.series_uid,
                     description_pattern=dicom.series_description,
                     tilt=dicom.tilt,
+                    uneven_spacing=dicom.uneven_spacing,
+                    min_slices=dicom.min_slices,
                 )
             except DicomError as err:
                 raise ConversionError(f"case '{case}': {err}") from None
