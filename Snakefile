@@ -17,6 +17,7 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/mesh.smk"
+include: "rules/dicom.smk"
 
 
 rule all:

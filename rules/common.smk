@@ -84,6 +84,15 @@ def evaluation_set(wildcards):
     return "cv" if CASES[wildcards.case].role == "train" else "test"
 
 
+def case_source_series(wildcards):
+    return str(CASES[wildcards.test_case].image)
+
+
+def dicom_read_options():
+    """The options the DICOM reader takes (the export options are not among them)."""
+    return {k: v for k, v in config["dicom"].items() if k != "rtstruct"}
+
+
 def evaluated_cases():
     return TRAIN + LABELLED_TEST
 
@@ -98,4 +107,8 @@ def all_outputs():
     out += [segmentation(c) for c in CASES]
     out += [f"{R}/uncertainty/{c}.nii.gz" for c in CASES]
     out += [f"{R}/meshes/{c}" for c in CASES]
+    dicom_tests = [c for c in TEST if CASES[c].image.is_dir() or DEMO is not None]
+    out += [f"{R}/dicom/{c}/segmentation.seg.dcm" for c in dicom_tests]
+    if config["dicom"].get("rtstruct"):
+        out += [f"{R}/dicom/{c}/structures.rtstruct.dcm" for c in dicom_tests]
     return out

@@ -8,7 +8,7 @@ rule convert_image:
     benchmark:
         f"{R}/benchmarks/convert_image/{{case}}.tsv"
     params:
-        dicom=config["dicom"],
+        dicom=dicom_read_options(),
     threads: 1
     resources:
         mem_mb=4000,
@@ -31,7 +31,7 @@ rule convert_label:
         f"{R}/benchmarks/convert_label/{{case}}.tsv"
     params:
         labels=LABELS,
-        dicom=config["dicom"],
+        dicom=dicom_read_options(),
     threads: 1
     resources:
         mem_mb=4000,

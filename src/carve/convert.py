@@ -147,8 +147,12 @@ def convert_label(
 ) -> dict[str, int]:
     """Convert a label onto its (already converted) image's grid; returns voxel counts per label name."""
     image, image_geometry = read_image(image_nifti)
-    labels, geometry = load_volume(case, source, dicom)
-    labels = to_integer_labels(case, source, labels, options.float_tolerance)
+    labels = _read_dicom_label_object(case, source, image.shape, image_geometry, label_values)
+    if labels is not None:  # a DICOM-SEG or RTSTRUCT, already on the image grid
+        geometry = image_geometry
+    else:
+        labels, geometry = load_volume(case, source, dicom)
+        labels = to_integer_labels(case, source, labels, options.float_tolerance)
     same_shape = labels.shape == image.shape
     if same_shape and geometry.is_close(image_geometry, options.tolerance_mm, shape=image.shape):
         pass
@@ -191,6 +195,24 @@ def convert_label(
     write_image(out_path, labels, image_geometry)
     log.info("case '%s': label %s -> %s, voxels per label %s", case, source.name, out_path, counts)
     return counts
+
+
+def _read_dicom_label_object(
+    case: str, source: Path, shape: tuple[int, ...], geometry: Geometry, label_values: Mapping[int, str]
+) -> np.ndarray | None:
+    """Labels from a DICOM-SEG or RTSTRUCT (file, or folder holding one), or None for other sources."""
+    if is_image_file(source):
+        return None
+    from carve.dicom import DicomError
+    from carve.dicom_labels import find_label_object, read_label_object
+
+    try:
+        found = find_label_object(source)
+        if found is None:
+            return None
+        return read_label_object(found, shape, geometry, label_values)
+    except DicomError as err:
+        raise ConversionError(f"case '{case}': {err}") from None
 
 
 def _r(values) -> tuple:

@@ -47,7 +47,7 @@ def test_dry_run_plans_every_rule(run):
     _, dry, _ = run
     text = dry.stdout + dry.stderr
     for rule in ("generate_demo", "convert_image", "convert_label", "plan", "split", "preprocess", "train_fold",
-                 "predict", "predict_cv", "evaluate", "summarise_metrics", "export_mesh"):  # fmt: skip
+                 "predict", "predict_cv", "evaluate", "summarise_metrics", "export_mesh", "export_dicom_seg"):  # fmt: skip
         assert rule in text, f"rule {rule} missing from the dry run"
 
 
@@ -116,3 +116,44 @@ def test_rerun_has_nothing_to_do(run):
     again = snakemake(workdir, "--dry-run", "--cores", "2")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dicom_seg_round_trips_to_the_prediction(run):
+    from carve.dicom_labels import read_label_object
+
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    for case in ("demo_004", "demo_005"):
+        prediction, geometry = read_image(r / "predictions" / f"{case}.nii.gz")
+        seg = r / "dicom" / case / "segmentation.seg.dcm"
+        back = read_label_object(seg, prediction.shape, geometry, {1: "organ", 2: "lobe"})
+        np.testing.assert_array_equal(back, prediction)
+
+
+def test_no_patient_identifier_in_outputs_logs_or_names(run):
+    workdir, _, _ = run
+    r = workdir / "results" / "e2e"
+    import gzip
+
+    import pydicom
+
+    source = next((r / "data" / "dicom" / "demo_000").iterdir())
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    secrets = [str(ds.PatientName).encode(), str(ds.PatientBirthDate).encode()]
+    secrets = [s for s in secrets if len(s) >= 4]
+    assert secrets
+    checked = 0
+    for path in r.rglob("*"):
+        rel = path.relative_to(r)
+        # the input data and the DICOM outputs carry the patient module by design (DICOM requires it)
+        if path.is_dir() or rel.parts[0] in ("data", "dicom"):
+            continue
+        for secret in secrets:
+            assert secret.decode().lower() not in str(rel).lower()
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} found in {rel}"
+        checked += 1
+    assert checked > 50
