@@ -1,0 +1,148 @@
+"""carve.train: learns a toy task, writes its files, resumes exactly, reproducible, transfer learning."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import carve.train as train_mod
+from carve.augment import AugmentConfig
+from carve.network import NetworkConfig, load_model
+from carve.train import TrainConfig, dice_ce_loss, lr_factor, predict_volume, train_fold
+
+torch.set_num_threads(1)
+
+NET = NetworkConfig(in_channels=1, n_classes=2, base_channels=4, max_channels=16,
+                    strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)))
+LIGHT_AUG = AugmentConfig(p_rotation=0.2, p_scaling=0.2, p_gamma=0.2, p_brightness=0.1, p_contrast=0.1,
+                          p_noise=0.1, p_blur=0.0)
+
+
+def _sphere_case(seed: int, shape=(16, 24, 24), spacing=(2.0, 1.0, 1.0)):
+    rng = np.random.default_rng(seed)
+    centre = np.asarray(shape) / 2 + rng.uniform(-2, 2, 3) * (0.5, 1, 1)
+    grid = np.indices(shape).astype(float)
+    dist = np.sqrt(sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing, strict=True)))
+    label = (dist <= 6.0).astype(np.uint8)
+    image = (label * 2.0 + rng.normal(0, 0.5, shape)).astype(np.float32)
+    return (image - image.mean()) / image.std(), label
+
+
+CASES = [_sphere_case(s)[0][None] for s in range(3)], [_sphere_case(s)[1] for s in range(3)]
+TRAIN = list(zip(CASES[0][:2], CASES[1][:2], strict=True))
+VAL = list(zip(CASES[0][2:], CASES[1][2:], strict=True))
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(epochs=3, time_budget_min=None, iterations_per_epoch=10, batch_size=2, patch_size=(8, 16, 16),
+                spacing_mm=(2.0, 1.0, 1.0), learning_rate=1e-2, checkpoint_every_min=0.0, augment=LIGHT_AUG,
+                network=NET, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+def test_learns_a_bright_sphere_and_writes_its_files(tmp_path) -> None:
+    model_path = train_fold(TRAIN, VAL, _config(epochs=6), tmp_path)
+    assert model_path == tmp_path / "model.pt"
+    for name in ("model.pt", "checkpoint.pt", "curves.tsv", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = [line.split("\t") for line in (tmp_path / "curves.tsv").read_text().splitlines()]
+    assert rows[0] == ["epoch", "iterations", "seconds", "train_loss", "lr", "val_dice_1"]
+    assert [int(r[1]) for r in rows[1:]] == [10, 20, 30, 40, 50, 60]
+    losses = [float(r[3]) for r in rows[1:]]
+    assert losses[-1] < 0.6 * losses[0]
+    assert float(rows[-1][5]) > 0.7  # validation Dice on the held-out sphere
+    model, extra = load_model(model_path)
+    assert extra["iterations"] == 60 and extra["train_config"]["batch_size"] == 2
+    assert TrainConfig.from_dict(extra["train_config"]) == _config(epochs=6)
+    probs = predict_volume(model, VAL[0][0], (8, 16, 16))
+    assert probs.shape == (2, 16, 24, 24) and np.allclose(probs.sum(0), 1, atol=1e-4)
+
+
+def test_same_seed_same_weights_and_other_seed_differs(tmp_path) -> None:
+    a = _weights(train_fold(TRAIN, [], _config(epochs=1), tmp_path / "a"))
+    b = _weights(train_fold(TRAIN, [], _config(epochs=1), tmp_path / "b"))
+    c = _weights(train_fold(TRAIN, [], _config(epochs=1, seed=1), tmp_path / "c"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_killed_run_resumes_from_checkpoint_exactly(tmp_path, monkeypatch) -> None:
+    config = _config(epochs=3)
+    reference = _weights(train_fold(TRAIN, VAL, config, tmp_path / "ref"))
+    calls = {"n": 0}
+    real = train_mod._write_curves
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TRAIN, VAL, config, tmp_path / "run")
+    assert not (tmp_path / "run" / "model.pt").exists()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 10
+    monkeypatch.setattr(train_mod, "_write_curves", real)
+    resumed = train_fold(TRAIN, VAL, config, tmp_path / "run")
+    rows = (tmp_path / "run" / "curves.tsv").read_text().splitlines()[1:]
+    assert [int(r.split("\t")[1]) for r in rows] == [10, 20, 30]
+    weights = _weights(resumed)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path) -> None:
+    train_fold(TRAIN, [], _config(epochs=1), tmp_path)
+    train_fold(TRAIN, [], _config(epochs=1, learning_rate=5e-3), tmp_path)
+    rows = (tmp_path / "curves.tsv").read_text().splitlines()[1:]
+    assert len(rows) == 1 and rows[0].split("\t")[1] == "10"
+
+
+def test_time_budget_stops_training(tmp_path) -> None:
+    config = _config(epochs=None, time_budget_min=0.02, iterations_per_epoch=1000)  # one epoch spans the budget
+    path = train_fold(TRAIN, VAL, config, tmp_path)
+    extra = load_model(path)[1]
+    assert 0 < extra["iterations"] and extra["seconds"] >= 0.02 * 60
+    rows = (tmp_path / "curves.tsv").read_text().splitlines()[1:]
+    assert float(rows[-1].split("\t")[4]) < 0.05 * 1e-2  # the schedule reached (almost) zero at the budget
+
+
+def test_pretrained_weights_are_loaded_and_encoder_frozen(tmp_path) -> None:
+    source = train_fold(TRAIN, [], _config(epochs=1), tmp_path / "source")
+    src = _weights(source)
+    net3 = replace(NET, n_classes=3)  # a different head: not shape compatible, so not loaded
+    config = _config(epochs=1, pretrained=str(source), freeze_encoder=True, network=net3, seed=4)
+    target = _weights(train_fold(TRAIN, [], config, tmp_path / "target"))
+    encoder = [k for k in src if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(target[k], src[k]) for k in encoder)
+    assert not torch.equal(target["decoder.0.conv1.weight"], src["decoder.0.conv1.weight"])
+    assert target["heads.1.weight"].shape[0] == 3
+
+
+def test_loss_and_schedule_known_answers() -> None:
+    target = torch.zeros(1, 2, 2, 2, 2)
+    target[:, 1, 0] = 1
+    target[:, 0, 1] = 1
+    assert float(dice_ce_loss(target * 40 - 20, target)) < 1e-6
+    assert float(dice_ce_loss(-(target * 40 - 20), target)) > 1.9
+    assert lr_factor(0.0, "cosine", 0.0) == 1.0 and lr_factor(1.0, "cosine", 0.0) == 0.0
+    assert math.isclose(lr_factor(0.5, "cosine", 0.0), 0.5)
+    assert lr_factor(1.0, "poly", 0.1) == 0.0 and lr_factor(0.05, "poly", 0.1) < 1.0
+
+
+def test_invalid_configuration_and_cases_are_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="epochs, time_budget_min"):
+        _config(epochs=None, time_budget_min=None)
+    with pytest.raises(ValueError, match="divisible"):
+        _config(patch_size=(8, 16, 18))
+    with pytest.raises(ValueError, match="case 0"):
+        train_fold([(TRAIN[0][0][0], TRAIN[0][1])], [], _config(), tmp_path)
