@@ -18,6 +18,8 @@ include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/mesh.smk"
 include: "rules/dicom.smk"
+include: "rules/report.smk"
+include: "rules/provenance.smk"
 
 
 rule all:

@@ -101,7 +101,18 @@ def train_params():
     return dict(config.get("train", {}))
 
 
-def all_outputs():
+REPORT_FILES = (
+    "seeds_table.html",
+    "metrics_boxplots.png",
+    "uncertainty_vs_dice.png",
+    "training_curves.png",
+    "configuration.yaml",
+    "configuration.html",
+)
+
+
+def all_outputs(manifest=True):
+    """Every final output of a run; with ``manifest`` also manifest.json, which records all the others."""
     out = [f"{R}/plans.json", f"{R}/splits.json", f"{R}/metrics/cases.tsv", f"{R}/metrics/summary.tsv"]
     out += fold_models()
     out += [segmentation(c) for c in CASES]
@@ -111,4 +122,9 @@ def all_outputs():
     out += [f"{R}/dicom/{c}/segmentation.seg.dcm" for c in dicom_tests]
     if config["dicom"].get("rtstruct"):
         out += [f"{R}/dicom/{c}/structures.rtstruct.dcm" for c in dicom_tests]
+    out += [f"{R}/metrics/seeds_table.tsv", f"{R}/metrics/uncertainty_correlation.tsv"]
+    out += [f"{R}/report/{name}" for name in REPORT_FILES]
+    out += [f"{R}/report/previews/{c}.png" for c in CASES]
+    if manifest:
+        out.append(f"{R}/manifest.json")
     return out

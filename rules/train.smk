@@ -7,7 +7,7 @@ rule train_fold:
         model=f"{R}/models/fold_{{fold}}/model.pt",
         config=f"{R}/models/fold_{{fold}}/config.json",
         curves=f"{R}/models/fold_{{fold}}/curves.tsv",
-        plot=f"{R}/models/fold_{{fold}}/curves.png",
+        plot=report(f"{R}/models/fold_{{fold}}/curves.png", caption="../workflow/report/fold_curves.rst", category="Training", subcategory="Per fold", labels={"fold": "{fold}"}),
     log:
         f"{R}/logs/train_fold/fold_{{fold}}.log",
     benchmark:

@@ -1,0 +1,18 @@
+"""Snakemake adapter: the resolved configuration (YAML) and a page of it and the plans (HTML)."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.report import write_configuration
+
+run_step(
+    snakemake.log[0],
+    write_configuration,
+    dict(snakemake.params.config),
+    Path(snakemake.input.plans),
+    Path(snakemake.output.yaml),
+    Path(snakemake.output.html),
+)
