@@ -110,7 +110,7 @@ def synthesize_case(
     ray = organ_centre + np.outer(np.linspace(0.5, 1.6, 111), rot @ (semi * direction))
     touch = ray[np.argmax(level(ray) >= 0)]  # first point of the ray on the organ's surface
     normal = _unit(rot @ (direction / semi))
-    tube = (_tube(rng, p, touch, normal, rng.uniform(3.2, 4.5) * extent.min() / 64.0) < 0) & ~organ
+    tube = (_tube(rng, p, touch, normal, rng.uniform(4.5, 6.0) * extent.min() / 64.0) < 0) & ~organ
 
     distractors = np.zeros(shape, dtype=bool)
     near = ndimage.binary_dilation(organ | tube, iterations=2) | ~body
