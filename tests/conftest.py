@@ -40,3 +40,38 @@ def rotation(axis: tuple[float, float, float], degrees: float) -> np.ndarray:
 def oblique_geometry() -> Geometry:
     """Anisotropic spacing, non-axial direction, non-zero origin."""
     return Geometry((2.5, 0.8, 0.9), (-12.0, 30.5, 7.25), rotation((1.0, 2.0, 0.5), 17.0))
+
+
+E2E_CONFIG = REPO / "tests" / "e2e" / "config.yaml"
+
+
+def run_snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (E2E_CONFIG,)):
+    """Run the project's Snakefile in ``workdir`` with the given config files; output captured."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", *map(str, configs), *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One local run of the tiny end-to-end configuration, shared by the tests that only read it."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    shutil.copytree(REPO / "config", workdir / "config")
+    full = run_snakemake(workdir, "--cores", "2")
+    assert full.returncode == 0, full.stderr[-5000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_run_copy(tiny_run, tmp_path_factory) -> Path:
+    """A private copy of the shared run (modification times kept) for tests that change files or config."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("tiny_run_copy") / "run"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    return copy

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +55,8 @@ def planned_jobs(dry: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("provenance")
-    shutil.copytree(REPO / "config", workdir / "config")
-    full = snakemake(workdir, "--cores", "2")
-    assert full.returncode == 0, full.stderr[-5000:]
-    return workdir
+def workdir(tiny_run_copy):
+    return tiny_run_copy
 
 
 def variant(workdir: Path, name: str, text: str) -> Path:

@@ -70,15 +70,13 @@ def planned_rules(run: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    dirs = {}
-    for kind, args in (("local", ("--cores", "2")), ("slurm", ("--workflow-profile", str(PROFILE)))):
-        workdir = tmp_path_factory.mktemp(kind)
-        shutil.copytree(REPO / "config", workdir / "config")
-        done = snakemake(workdir, *args)
-        assert done.returncode == 0, f"{kind} run failed:\n{done.stderr[-5000:]}"
-        dirs[kind] = (workdir, done)
-    return dirs
+def runs(cluster, tiny_run, tmp_path_factory):
+    """The shared local run of the tiny configuration, and the same configuration through SLURM."""
+    workdir = tmp_path_factory.mktemp("slurm")
+    shutil.copytree(REPO / "config", workdir / "config")
+    done = snakemake(workdir, "--workflow-profile", str(PROFILE))
+    assert done.returncode == 0, f"slurm run failed:\n{done.stderr[-5000:]}"
+    return {"local": (tiny_run, None), "slurm": (workdir, done)}
 
 
 def digests(results: Path, patterns: list[str]) -> dict[str, str]:

@@ -18,7 +18,8 @@ def test_zscore_and_ct_normalisation():
 def test_preprocess_resamples_to_plan_spacing_and_round_trips(tmp_path, oblique_geometry):
     plans = {"normalisation": {"scheme": "zscore_per_image"}, "target_spacing_mm": [1.25, 1.6, 0.9], "n_classes": 3}
     image = np.random.default_rng(1).normal(size=(12, 30, 32)).astype(np.float32)
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(image.shape, oblique_geometry.spacing_mm)), indexing="ij")
+    axes = [np.arange(n) * s for n, s in zip(image.shape, oblique_geometry.spacing_mm, strict=True)]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
     labels = (((z - 15) ** 2 + (y - 12) ** 2 + (x - 14) ** 2) < 8**2).astype(np.uint8)
     labels[0:2, 0:3, 0:3] = 2
     write_image(tmp_path / "i.nii.gz", image, oblique_geometry)

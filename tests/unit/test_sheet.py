@@ -43,7 +43,11 @@ def test_bad_rows_are_named(tmp_path, row, message):
 def test_duplicates_and_all_problems_reported_at_once(tmp_path):
     sheet = write_sheet(
         tmp_path,
-        [("a", "img.nii.gz", "lab.nii.gz", "train"), ("a", "img.nii.gz", "lab.nii.gz", "train"), ("c", "no", "", "test")],
+        [
+            ("a", "img.nii.gz", "lab.nii.gz", "train"),
+            ("a", "img.nii.gz", "lab.nii.gz", "train"),
+            ("c", "no", "", "test"),
+        ],
     )
     with pytest.raises(SheetError) as err:
         load_sheet(sheet)
@@ -58,7 +62,8 @@ def test_missing_columns(tmp_path):
 
 
 def test_too_few_training_cases_for_folds(tmp_path):
-    sheet = write_sheet(tmp_path, [("a", "img.nii.gz", "lab.nii.gz", "train"), ("b", "img.nii.gz", "lab.nii.gz", "train")])
+    rows = [("a", "img.nii.gz", "lab.nii.gz", "train"), ("b", "img.nii.gz", "lab.nii.gz", "train")]
+    sheet = write_sheet(tmp_path, rows)
     cases = load_sheet(sheet)
     check_folds(cases, 2, sheet)
     with pytest.raises(SheetError, match="2 training case.*5 folds"):

@@ -146,3 +146,15 @@ def test_invalid_configuration_and_cases_are_refused(tmp_path) -> None:
         _config(patch_size=(8, 16, 18))
     with pytest.raises(ValueError, match="case 0"):
         train_fold([(TRAIN[0][0][0], TRAIN[0][1])], [], _config(), tmp_path)
+
+
+def test_predict_volume_tiles_large_volumes() -> None:
+    torch.manual_seed(0)
+    from carve.network import UNet3D
+
+    model = UNet3D(NET)
+    image = np.random.default_rng(0).normal(size=(1, 13, 30, 27)).astype(np.float32)
+    probs = predict_volume(model, image, (4, 8, 8))  # 13x30x27 is far larger than 4 patches: tiled
+    assert probs.shape == (2, 13, 30, 27) and np.allclose(probs.sum(0), 1, atol=1e-4)
+    whole = predict_volume(model, image, (16, 32, 32))
+    assert whole.shape == probs.shape and not np.allclose(whole, probs)
