@@ -387,7 +387,6 @@ def train_fold(
         "train_config": config.to_dict(),
         "iterations": iteration,
         "epochs": epoch,
-        "seconds": time.monotonic() - t0,
         "val_dice": rows[-1][5:] if rows else [],
         "patch_size": list(config.patch_size),
         "spacing_mm": list(config.spacing_mm),

@@ -138,13 +138,6 @@ def test_trained_weights_are_identical(runs):
         assert local["network"] == slurm["network"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="model.pt stores the training's wall-clock duration (extra['seconds'], carve.train.train_fold), so "
-    "its bytes differ between any two runs although the weights are identical; remove this mark once the "
-    "duration moves out of model.pt",
-)
 def test_models_equal_a_local_run_to_the_byte(runs):
     local = digests(runs["local"][0] / "results" / "e2e", ["models/*/model.pt"])
     slurm = digests(runs["slurm"][0] / "results" / "e2e", ["models/*/model.pt"])
