@@ -79,9 +79,11 @@ def test_meshes_are_watertight_and_in_world_coordinates(run):
         mesh = trimesh.load(stl, force="mesh")
         assert mesh.is_watertight, stl
         assert mesh.volume > 0
-        labels, geometry = read_image(r / "predictions" / f"{stl.parent.name}.nii.gz") if (
-            r / "predictions" / f"{stl.parent.name}.nii.gz"
-        ).exists() else read_image(r / "cv" / f"{stl.parent.name}.nii.gz")
+        labels, geometry = (
+            read_image(r / "predictions" / f"{stl.parent.name}.nii.gz")
+            if (r / "predictions" / f"{stl.parent.name}.nii.gz").exists()
+            else read_image(r / "cv" / f"{stl.parent.name}.nii.gz")
+        )
         value = {"organ": 1, "lobe": 2}[stl.stem]
         centroid = geometry.index_to_world(np.argwhere(labels == value).mean(axis=0)[None])[0]
         assert np.linalg.norm(mesh.center_mass - centroid) < 3.0  # mm

@@ -41,7 +41,9 @@ def test_labels_stay_in_label_set_after_rotation_and_scaling() -> None:
     x, y = augment_batch(images, labels, config, (8, 16, 16), SPACING, torch.Generator().manual_seed(1))
     assert x.shape == (3, 2, 8, 16, 16) and y.shape == (3, 8, 16, 16) and y.dtype == torch.int64
     assert set(torch.unique(y).tolist()) <= {0, 1, 2}
-    assert not torch.equal(y, labels[(slice(None), *(slice(m, m + p) for m, p in zip(margin, (8, 16, 16))))])
+    assert not torch.equal(
+        y, labels[(slice(None), *(slice(m, m + p) for m, p in zip(margin, (8, 16, 16), strict=True)))]
+    )
 
 
 def test_mirroring_flips_image_and_label_together() -> None:
@@ -63,8 +65,9 @@ def test_rotation_by_90_degrees_about_the_coarse_axis_is_rot90_in_plane() -> Non
 def test_scaling_zooms_about_the_centre() -> None:
     z, yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(16.0), torch.arange(16.0), indexing="ij")
     image = (xx - 7.5)[None, None] * 0.8  # x coordinate in mm from the centre
-    x, _ = warp(image, torch.zeros(1, 8, 16, 16, dtype=torch.long), torch.zeros(1, 3), torch.tensor([2.0]),
-                (8, 16, 16), SPACING)
+    x, _ = warp(
+        image, torch.zeros(1, 8, 16, 16, dtype=torch.long), torch.zeros(1, 3), torch.tensor([2.0]), (8, 16, 16), SPACING
+    )
     assert torch.allclose(x[0, 0, 4, 8, 4:12], image[0, 0, 4, 8, 4:12] / 2, atol=1e-4)
 
 
@@ -78,12 +81,14 @@ def test_margin_limits_rotation_to_the_coarse_axis_when_anisotropic() -> None:
 
 
 def test_reproducible_with_seed_and_intensity_augmentations_change_the_image() -> None:
-    config = AugmentConfig(p_rotation=0.5, p_scaling=0.5, p_mirror=0.5, p_gamma=1, p_brightness=1, p_contrast=1,
-                           p_noise=1, p_blur=1)
+    config = AugmentConfig(
+        p_rotation=0.5, p_scaling=0.5, p_mirror=0.5, p_gamma=1, p_brightness=1, p_contrast=1, p_noise=1, p_blur=1
+    )
     margin = spatial_margin(config, (8, 16, 16), SPACING)
     images, labels = _batch(tuple(p + 2 * m for p, m in zip((8, 16, 16), margin, strict=True)), b=4)
-    runs = [augment_batch(images, labels, config, (8, 16, 16), SPACING, torch.Generator().manual_seed(s))
-            for s in (5, 5, 6)]
+    runs = [
+        augment_batch(images, labels, config, (8, 16, 16), SPACING, torch.Generator().manual_seed(s)) for s in (5, 5, 6)
+    ]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][0], runs[2][0])
     assert torch.isfinite(runs[0][0]).all()

@@ -77,8 +77,12 @@ def test_plan_topology_isotropic_stops_at_min_feature_size() -> None:
 
 @pytest.mark.parametrize(
     ("median", "spacing", "max_voxels"),
-    [((36, 50, 36), (1.0, 1.0, 1.0), 200_000), ((36, 50, 36), (1.0, 1.0, 1.0), 49_152),
-     ((40, 200, 180), (3.0, 0.8, 0.8), 60_000), ((120, 300, 300), (1.0, 1.0, 1.0), 100_000)],
+    [
+        ((36, 50, 36), (1.0, 1.0, 1.0), 200_000),
+        ((36, 50, 36), (1.0, 1.0, 1.0), 49_152),
+        ((40, 200, 180), (3.0, 0.8, 0.8), 60_000),
+        ((120, 300, 300), (1.0, 1.0, 1.0), 100_000),
+    ],
 )
 def test_fit_patch_size_divisible_and_within_budget(median, spacing, max_voxels) -> None:
     patch = fit_patch_size(median, spacing, max_voxels)

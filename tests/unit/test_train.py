@@ -16,10 +16,17 @@ from carve.train import TrainConfig, dice_ce_loss, lr_factor, predict_volume, tr
 
 torch.set_num_threads(1)
 
-NET = NetworkConfig(in_channels=1, n_classes=2, base_channels=4, max_channels=16,
-                    strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)))
-LIGHT_AUG = AugmentConfig(p_rotation=0.2, p_scaling=0.2, p_gamma=0.2, p_brightness=0.1, p_contrast=0.1,
-                          p_noise=0.1, p_blur=0.0)
+NET = NetworkConfig(
+    in_channels=1,
+    n_classes=2,
+    base_channels=4,
+    max_channels=16,
+    strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)),
+    kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+)
+LIGHT_AUG = AugmentConfig(
+    p_rotation=0.2, p_scaling=0.2, p_gamma=0.2, p_brightness=0.1, p_contrast=0.1, p_noise=0.1, p_blur=0.0
+)
 
 
 def _sphere_case(seed: int, shape=(16, 24, 24), spacing=(2.0, 1.0, 1.0)):
@@ -38,9 +45,19 @@ VAL = list(zip(CASES[0][2:], CASES[1][2:], strict=True))
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(epochs=3, time_budget_min=None, iterations_per_epoch=10, batch_size=2, patch_size=(8, 16, 16),
-                spacing_mm=(2.0, 1.0, 1.0), learning_rate=1e-2, checkpoint_every_min=0.0, augment=LIGHT_AUG,
-                network=NET, seed=0)
+    base = dict(
+        epochs=3,
+        time_budget_min=None,
+        iterations_per_epoch=10,
+        batch_size=2,
+        patch_size=(8, 16, 16),
+        spacing_mm=(2.0, 1.0, 1.0),
+        learning_rate=1e-2,
+        checkpoint_every_min=0.0,
+        augment=LIGHT_AUG,
+        network=NET,
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
