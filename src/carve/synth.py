@@ -123,13 +123,13 @@ def synthesize_case(
                 break
 
     mu_organ = rng.uniform(0.60, 0.70)
-    mu_tube = mu_organ + rng.uniform(-0.05, 0.05)
+    mu_tube = mu_organ + rng.uniform(0.05, 0.09)  # brighter, as a contrast-filled vessel; distractors overlap it
     image = np.where(body, 0.30, 0.04) + 0.04 * _smooth_noise(rng, shape, spacing_mm, 6.0) * body
     image = np.where(fat, rng.uniform(0.58, 0.72), image)
     texture = 0.07 * _smooth_noise(rng, shape, spacing_mm, 3.0)
     image = np.where(organ, mu_organ + texture, image)
     image = np.where(tube, mu_tube + 0.8 * texture, image)
-    image = np.where(distractors, rng.uniform(0.55, 0.75) + texture, image)
+    image = np.where(distractors, rng.uniform(0.55, 0.85) + texture, image)
     gradient = _unit(rng.normal(size=3)) * rng.uniform(0.15, 0.3)
     curvature = rng.uniform(0.0, 0.3)
     image = image * np.exp(2.0 * p @ gradient / extent.max() - curvature * (p**2).sum(-1) / extent.max() ** 2)
