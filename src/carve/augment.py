@@ -47,7 +47,7 @@ class AugmentConfig:
     p_noise: float = 0.1
     noise_std_max: float = 0.1
     p_blur: float = 0.1
-    blur_sigma_range: tuple[float, float] = (0.5, 1.0)  # voxels
+    blur_sigma_range: tuple[float, float] = (0.5, 1.0)  # in finest voxels, isotropic in mm
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -160,15 +160,18 @@ def _per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma (voxels) per sample, as grouped convolutions."""
+def _blur(x: torch.Tensor, sigma: torch.Tensor, spacing_mm: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian blur, one sigma per sample in units of the finest voxel (isotropic in millimetres)."""
     b, c = x.shape[:2]
-    radius = int(math.ceil(3 * float(sigma.max())))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].double() ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x.device, x.dtype)  # (b*c, taps)
     y = x.reshape(1, b * c, *x.shape[2:])
     for axis in range(3):
+        sig = sigma.double() * min(spacing_mm) / spacing_mm[axis]
+        radius = int(math.ceil(3 * float(sig.max())))
+        if radius == 0 or float(sig.max()) < 0.2:
+            continue
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        k = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x.device, x.dtype)  # (b*c, taps)
         shape = [b * c, 1, 1, 1, 1]
         shape[2 + axis] = len(t)
         pad = [0] * 6
@@ -177,7 +180,7 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view_as(x)
 
 
-def _intensity(x: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+def _intensity(x: torch.Tensor, config: AugmentConfig, spacing_mm: Sequence[float], g: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     dims = tuple(range(1, x.ndim))
     if config.p_noise > 0:
@@ -189,7 +192,7 @@ def _intensity(x: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> to
         sigma = _uniform(len(chosen), *config.blur_sigma_range, g)
         if len(chosen):
             x = x.clone()
-            x[chosen.to(x.device)] = _blur(x[chosen.to(x.device)], sigma)
+            x[chosen.to(x.device)] = _blur(x[chosen.to(x.device)], sigma, spacing_mm)
     if config.p_brightness > 0:
         f = _uniform(b, *config.brightness_range, g)
         x = x * _per_sample(torch.where(torch.rand(b, generator=g) < config.p_brightness, f, 1.0), x)
@@ -228,7 +231,7 @@ def augment_batch(
     if any((c - p) < 0 or (c - p) % 2 for c, p in zip(images.shape[2:], patch, strict=True)):
         raise ValueError(f"crop {tuple(images.shape[2:])} must exceed patch {patch} by an even margin per axis")
     x, y = _spatial(images.float(), labels.long(), patch, spacing_mm, config, generator)
-    x = _intensity(x, config, generator)
+    x = _intensity(x, config, tuple(float(v) for v in spacing_mm), generator)
     b = x.shape[0]
     for axis in config.mirror_axes:
         flip = torch.nonzero(torch.rand(b, generator=generator) < config.p_mirror).flatten().to(x.device)

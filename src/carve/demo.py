@@ -18,7 +18,7 @@ def demo_case_ids(n_train: int, n_test: int) -> list[str]:
 
 
 def demo_cases(sheet: str | Path, n_train: int, n_test: int) -> list[Case]:
-    base = Path(sheet).resolve().parent
+    base = Path(sheet).parent
     ids = demo_case_ids(n_train, n_test)
     return [
         Case(c, base / "dicom" / c, base / "labels" / f"{c}.nii.gz", "train" if i < n_train else "test")

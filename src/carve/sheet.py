@@ -65,7 +65,7 @@ def load_sheet(path: str | Path) -> list[Case]:
             f"{path}: missing column(s) {', '.join(missing)}; a cases sheet needs {', '.join(REQUIRED_COLUMNS)} "
             f"(found {', '.join(map(str, df.columns)) or 'none'})"
         )
-    base = path.resolve().parent
+    base = path.parent  # relative sheet -> paths relative to the working directory: a moved run stays valid
     problems: list[str] = []
     cases: list[Case] = []
     seen: dict[str, int] = {}

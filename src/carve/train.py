@@ -46,7 +46,7 @@ class TrainConfig:
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (32, 48, 32)
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "cosine"

@@ -85,8 +85,17 @@ def test_meshes_are_watertight_and_in_world_coordinates(run):
             else read_image(r / "cv" / f"{stl.parent.name}.nii.gz")
         )
         value = {"organ": 1, "lobe": 2}[stl.stem]
-        centroid = geometry.index_to_world(np.argwhere(labels == value).mean(axis=0)[None])[0]
-        assert np.linalg.norm(mesh.center_mass - centroid) < 3.0  # mm
+        voxels = np.argwhere(labels == value)
+        # every vertex lies within the world box of the label's voxels (their outer faces), plus smoothing slack
+        corners = np.array([[i, j, k] for i in (-0.5, 0.5) for j in (-0.5, 0.5) for k in (-0.5, 0.5)])
+        world = geometry.index_to_world((voxels[:, None, :] + corners[None]).reshape(-1, 3))
+        diagonal = float(np.linalg.norm(geometry.spacing_mm))
+        assert (mesh.bounds[0] >= world.min(axis=0) - 0.5 * diagonal).all(), stl
+        assert (mesh.bounds[1] <= world.max(axis=0) + 0.5 * diagonal).all(), stl
+        # and its centre of mass is that of the voxels to within 1.5 voxels: the tiny run predicts speckle, whose
+        # small fragments shrink under smoothing and weigh less in the mesh than in the voxel count
+        centroid = geometry.index_to_world(voxels.mean(axis=0)[None])[0]
+        assert np.linalg.norm(mesh.center_mass - centroid) < 1.5 * diagonal, stl
     for case_dir in (r / "meshes").iterdir():
         table = pd.read_csv(case_dir / "meshes.tsv", sep="\t")
         assert set(table["label"]) == {"organ", "lobe"}

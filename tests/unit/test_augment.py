@@ -115,3 +115,13 @@ def test_invalid_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="even margin"):
         augment_batch(images, labels, OFF, (9, 20, 20), SPACING, torch.Generator())
     assert np.isfinite(spatial_margin(AugmentConfig(), (8, 8, 8), (1, 1, 1))).all()
+
+
+def test_blur_is_isotropic_in_millimetres() -> None:
+    image = torch.zeros(1, 1, 9, 15, 15)
+    image[0, 0, 4, 7, 7] = 1.0
+    config = AugmentConfig(**{**OFF.__dict__, "p_blur": 1.0, "blur_sigma_range": (1.0, 1.0)})
+    x, _ = augment_batch(image, torch.zeros(1, 9, 15, 15), config, (9, 15, 15), (3.0, 1.0, 1.0), torch.Generator())
+    assert math.isclose(float(x.sum()), 1.0, rel_tol=1e-4)
+    assert float(x[0, 0, 4, 8, 7]) == pytest.approx(float(x[0, 0, 4, 7, 8]))  # y and x alike
+    assert float(x[0, 0, 5, 7, 7]) < 0.1 * float(x[0, 0, 4, 8, 7])  # 3 mm away along z: far less
