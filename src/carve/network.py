@@ -10,6 +10,7 @@ finest one), as in nnU-Net's ExperimentPlanner.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from carve.io import atomic_write_bytes
 
 MODEL_FORMAT = "carve-unet3d"
 MODEL_FORMAT_VERSION = 1
@@ -248,13 +251,14 @@ def save_model(path: str | os.PathLike, model: nn.Module, network_config: Networ
         "state_dict": state,
         "extra": extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that leaves either the complete file or none (carve.io's atomic write)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_payload(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:

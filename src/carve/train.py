@@ -12,10 +12,10 @@ first and progress is the larger of the two fractions.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from carve.augment import AugmentConfig, augment_batch, spatial_margin
-from carve.network import NetworkConfig, UNet3D, load_payload, save_model
+from carve.io import atomic_write_bytes, atomic_write_text
+from carve.network import NetworkConfig, UNet3D, atomic_torch_save, load_payload, save_model
 from carve.sampling import PatchSampler
 
 LOG = logging.getLogger("carve.train")
@@ -40,6 +41,16 @@ RESUMABLE_CHANGES = ("epochs", "time_budget_min", "checkpoint_every_min")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One fold's recipe. Defaults are for few subjects on a 2-core CPU (~130 GFLOP/s):
+
+    a 16-128 channel U-Net on 32x48x32 patches, batch 4, costs 63 GFLOP per iteration (3x the forward pass,
+    ``carve.network.forward_flops``), about 0.5 s here, so 5 minutes buy ~600 iterations. In that regime
+    AdamW at 1e-2 with a short warm-up and cosine decay to zero learned clearly faster than 3e-3 (hippocampus
+    fold 0 at 200 iterations: mean Dice 0.853 vs 0.839; synthetic demo at 150: 0.74 vs 0.57), deep supervision
+    was essential (0.42 without), and augmentation is kept mild (spatial p=0.2, no mirroring: it swaps
+    lateralised or anterior/posterior labels) because the budget is too short to fit heavy augmentation.
+    """
+
     epochs: int | None = None
     time_budget_min: float | None = 5.0
     iterations_per_epoch: int = 50
@@ -171,8 +182,6 @@ def _validate(model: UNet3D, cases, patch_size: Sequence[int], n_classes: int, d
 
 
 def _write_curves(out_dir: Path, rows: list[list[float]], n_classes: int) -> None:
-    from carve.io import atomic_write_text
-
     header = ["epoch", "iterations", "seconds", "train_loss", "lr"] + [f"val_dice_{c}" for c in range(1, n_classes)]
     lines = ["\t".join(header)] + ["\t".join(f"{v:.6g}" for v in r) for r in rows]
     atomic_write_text(out_dir / "curves.tsv", "\n".join(lines) + "\n")
@@ -190,19 +199,10 @@ def _write_curves(out_dir: Path, rows: list[list[float]], n_classes: int) -> Non
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
-    tmp = out_dir / f".curves.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
-    os.replace(tmp, out_dir / "curves.png")
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(out_dir / "curves.png", png.getvalue())
 
 
 def _load_pretrained(model: UNet3D, path: str, log: logging.Logger) -> set[str]:
@@ -296,7 +296,7 @@ def train_fold(
         return max(fractions + ([(time.monotonic() - t0) / budget_s] if budget_s else []))
 
     def save_checkpoint() -> None:
-        _atomic_torch_save(
+        atomic_torch_save(
             {
                 "version": CHECKPOINT_VERSION,
                 "config": json.dumps(config.to_dict()),
