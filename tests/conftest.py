@@ -75,3 +75,17 @@ def tiny_run_copy(tiny_run, tmp_path_factory) -> Path:
     copy = tmp_path_factory.mktemp("tiny_run_copy") / "run"
     shutil.copytree(tiny_run, copy, symlinks=True)
     return copy
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table Snakemake prints (empty when there is none)."""
+    lines = text.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    jobs = {}
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        name, _, count = line.partition(" ")
+        if name == "total" or not count.strip():
+            break
+        jobs[name] = int(count)
+    return jobs

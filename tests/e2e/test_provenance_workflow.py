@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import job_stats
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "e2e" / "config.yaml"
@@ -45,13 +46,7 @@ def planned_jobs(dry: subprocess.CompletedProcess) -> dict[str, int]:
     if "Job stats:" not in lines:
         assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
         return {}
-    jobs = {}
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        name, _, count = line.partition(" ")
-        if name == "total" or not count.strip():
-            break
-        jobs[name] = int(count)
-    return jobs
+    return job_stats(dry.stdout + dry.stderr)
 
 
 @pytest.fixture(scope="module")

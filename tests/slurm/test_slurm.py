@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import job_stats
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "e2e" / "config.yaml"
@@ -59,14 +60,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def planned_rules(run: subprocess.CompletedProcess) -> dict[str, int]:
-    lines = (run.stdout + run.stderr).splitlines()
-    jobs = {}
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        name, _, count = line.partition(" ")
-        if name == "total" or not count.strip():
-            break
-        jobs[name] = int(count)
-    return jobs
+    return job_stats(run.stdout + run.stderr)
 
 
 @pytest.fixture(scope="module")
