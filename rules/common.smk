@@ -16,6 +16,7 @@ config["labels"] = {str(k): v for k, v in config.get("labels", {}).items()}
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
 R = config["results"].rstrip("/")
+CHANNELS = [c["name"] for c in config["channels"] or []]
 LABELS = {int(k): v for k, v in config["labels"].items()}
 DEMO = config.get("demo")
 
@@ -25,7 +26,7 @@ def _load_cases():
     if DEMO is not None:
         return demo_cases(sheet, DEMO.get("n_train", 8), DEMO.get("n_test", 2))
     try:
-        cases = load_sheet(sheet)
+        cases = load_sheet(sheet, CHANNELS)
         validate(pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False), "../workflow/schemas/cases.schema.yaml")
         check_folds(cases, config["folds"], sheet)
     except SheetError as err:
@@ -53,6 +54,34 @@ wildcard_constraints:
 
 def case_image(wildcards):
     return str(CASES[wildcards.case].image)
+
+
+def case_sources(wildcards):
+    """The distinct image files or folders of a case (one, or one per channel)."""
+    return [str(p) for p in CASES[wildcards.case].sources]
+
+
+def case_channel_sources(wildcards):
+    """One source per channel, in channel order (a study folder or 4D file may repeat)."""
+    case = CASES[wildcards.case]
+    return [str(p) for p in (case.channel_images or (case.image,))]
+
+
+def case_series(wildcards):
+    """The sheet's series choice per channel (empty: the config's)."""
+    return list(CASES[wildcards.case].series)
+
+
+def channel_modalities():
+    """(name, modality or None) per configured channel, for the plan."""
+    return [[c["name"], c.get("modality")] for c in config["channels"] or []]
+
+
+def channel_specs():
+    """The config's channels as the converter takes them (one unnamed channel by default)."""
+    return [
+        {k: c.get(k) for k in ("name", "series_uid", "series_description")} for c in (config["channels"] or [{"name": "image"}])
+    ]
 
 
 def case_label(wildcards):
@@ -91,6 +120,17 @@ def case_source_series(wildcards):
 def dicom_read_options():
     """The options the DICOM reader takes (the export options are not among them)."""
     return {k: v for k, v in config["dicom"].items() if k != "rtstruct"}
+
+
+def case_reference_dicom(wildcards):
+    """Reader options that find the series a test case's prediction lies on (its first channel's series)."""
+    from dataclasses import asdict
+
+    from carve.convert import ChannelSpec, DicomOptions
+
+    case = CASES[wildcards.test_case]
+    spec = ChannelSpec(**channel_specs()[0])
+    return asdict(spec.dicom_options(DicomOptions(**dicom_read_options()), case.series[0] if case.series else None))
 
 
 def evaluated_cases():

@@ -1,6 +1,6 @@
 rule convert_image:
     input:
-        image=case_image,
+        images=case_sources,
     output:
         image=f"{R}/nifti/{{case}}/image.nii.gz",
     log:
@@ -8,7 +8,10 @@ rule convert_image:
     benchmark:
         f"{R}/benchmarks/convert_image/{{case}}.tsv"
     params:
+        sources=case_channel_sources,
         dicom=dicom_read_options(),
+        channels=channel_specs(),
+        series=case_series,
     threads: 1
     resources:
         mem_mb=4000,

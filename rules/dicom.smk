@@ -10,7 +10,7 @@ rule export_dicom_seg:
         f"{R}/benchmarks/export_dicom_seg/{{test_case}}.tsv"
     params:
         labels=LABELS,
-        dicom=dicom_read_options(),
+        dicom=case_reference_dicom,
         kind="seg",
     threads: 1
     resources:
@@ -34,7 +34,7 @@ rule export_rtstruct:
         f"{R}/benchmarks/export_rtstruct/{{test_case}}.tsv"
     params:
         labels=LABELS,
-        dicom=dicom_read_options(),
+        dicom=case_reference_dicom,
         kind="rtstruct",
     threads: 1
     resources:

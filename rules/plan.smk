@@ -11,6 +11,7 @@ rule plan:
     params:
         labels=LABELS,
         modality=config["modality"],
+        channels=channel_modalities(),
         plan=config["plan"],
         seed=config["seed"],
     threads: 1

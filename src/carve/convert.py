@@ -7,13 +7,13 @@ nothing is written unless the whole conversion succeeded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from carve.io import Geometry, ImageReadError, is_image_file, read_image, write_image
+from carve.io import Geometry, ImageReadError, is_image_file, read_channels, read_image, write_channels, write_image
 
 log = logging.getLogger("carve.convert")
 
@@ -29,6 +29,28 @@ class DicomOptions:
     tilt: str = "resample"  # or "refuse"
     uneven_spacing: str = "refuse"  # or "resample" onto the median slice increment
     min_slices: int = 3
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One input channel: its name and which series of a DICOM study folder it is (None: the config's)."""
+
+    name: str = "image"
+    series_uid: str | None = None
+    series_description: str | None = None
+
+    def dicom_options(self, base: DicomOptions, choice: str | None = None) -> DicomOptions:
+        """The reader options of this channel: the sheet's choice, else the channel's, else the config's."""
+        from dataclasses import replace
+
+        from carve.sheet import series_choice
+
+        uid, pattern = series_choice(choice)
+        if uid is None and pattern is None:
+            uid, pattern = self.series_uid, self.series_description
+        if uid is None and pattern is None:
+            return base
+        return replace(base, series_uid=uid, series_description=pattern)
 
 
 @dataclass(frozen=True)
@@ -100,19 +122,96 @@ def check_image(case: str, source: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def convert_image(case: str, source: Path, out_path: Path, dicom: DicomOptions = DicomOptions()) -> Geometry:
-    array, geometry = load_volume(case, source, dicom)
-    array = check_image(case, source, array)
-    write_image(out_path, array, geometry)
-    log.info(
-        "case '%s': image %s -> %s, shape %s, spacing %s mm",
-        case,
-        source.name,
-        out_path,
-        array.shape,
-        tuple(round(s, 4) for s in geometry.spacing_mm),
-    )
+def convert_image(
+    case: str,
+    sources: Path | Sequence[Path],
+    out_path: Path,
+    dicom: DicomOptions = DicomOptions(),
+    channels: Sequence[ChannelSpec] = (ChannelSpec(),),
+    series: Sequence[str | None] = (),
+) -> Geometry:
+    """Convert a case's image, one channel or several, to NIfTI (3D, or 4D with channels last).
+
+    ``sources`` holds one source per channel, or one for all: a DICOM study folder (each channel picks its
+    series) or a 4D file (one volume per channel). Every channel is put on the first channel's grid.
+    """
+    channels = list(channels) or [ChannelSpec()]
+    sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(p) for p in sources]
+    if len(sources) == 1:
+        sources = sources * len(channels)
+    if len(sources) != len(channels):
+        raise ConversionError(f"case '{case}': {len(sources)} image sources for {len(channels)} channels")
+    choices = list(series) or [None] * len(channels)
+    volumes: list[tuple[np.ndarray, Geometry]] = []
+    for k, (spec, source) in enumerate(zip(channels, sources, strict=True)):
+        array, geometry = _load_channel(case, source, spec, k, len(channels), spec.dicom_options(dicom, choices[k]))
+        array = check_image(case, source, array)
+        if volumes:
+            array = _onto_first_grid(case, source, spec.name, array, geometry, volumes[0])
+        volumes.append((array, geometry))
+        log.info(
+            "case '%s': channel '%s' from %s, shape %s, spacing %s mm",
+            case,
+            spec.name,
+            source.name,
+            array.shape,
+            _r(geometry.spacing_mm),
+        )
+    geometry = volumes[0][1]
+    if len(volumes) == 1:
+        write_image(out_path, volumes[0][0], geometry)
+    else:
+        dtype = np.result_type(*(v[0].dtype for v in volumes))
+        write_channels(out_path, np.stack([v[0].astype(dtype) for v in volumes]), geometry)
+    log.info("case '%s': image -> %s (%d channel(s))", case, out_path, len(volumes))
     return geometry
+
+
+def _load_channel(
+    case: str, source: Path, spec: ChannelSpec, index: int, n_channels: int, dicom: DicomOptions
+) -> tuple[np.ndarray, Geometry]:
+    """Channel ``index`` from a DICOM folder (its own series), a 3D file, or volume ``index`` of a 4D file."""
+    if source.is_dir() or not is_image_file(source) or n_channels == 1:
+        return load_volume(case, source, dicom)
+    try:
+        stack, geometry = read_channels(source)
+    except ImageReadError as err:
+        raise ConversionError(f"case '{case}': {err}") from None
+    _refuse_nonfinite_nifti(case, source)
+    if stack.shape[0] == 1:
+        return stack[0], geometry
+    if stack.shape[0] != n_channels:
+        raise ConversionError(
+            f"case '{case}': {source}: has {stack.shape[0]} volumes but the config names {n_channels} channels; "
+            f"give one volume per channel (channel '{spec.name}' is number {index + 1})"
+        )
+    return stack[index], geometry
+
+
+def _onto_first_grid(
+    case: str, source: Path, name: str, array: np.ndarray, geometry: Geometry, first: tuple[np.ndarray, Geometry]
+) -> np.ndarray:
+    """Put a further channel on the first channel's grid (linear interpolation), or refuse if they do not meet."""
+    shape, reference = first[0].shape, first[1]
+    if array.shape == shape and geometry.is_close(reference, 1e-3, shape=shape):
+        return array
+    if not _overlaps(array.shape, geometry, shape, reference):
+        raise ConversionError(
+            f"case '{case}': {source}: channel '{name}' does not overlap the first channel in space (origin "
+            f"{_r(geometry.origin_mm)} vs {_r(reference.origin_mm)} mm); are they from the same study?"
+        )
+    from carve.resample import resample_to_reference
+
+    log.warning(
+        "case '%s': channel '%s' (%s, spacing %s mm) resampled onto the first channel's grid (%s, %s mm), linear",
+        case,
+        name,
+        array.shape,
+        _r(geometry.spacing_mm),
+        shape,
+        _r(reference.spacing_mm),
+    )
+    return resample_to_reference(array.astype(np.float32), geometry, shape, reference, order=1)
 
 
 def to_integer_labels(case: str, source: Path, labels: np.ndarray, float_tolerance: float) -> np.ndarray:
@@ -146,7 +245,8 @@ def convert_label(
     dicom: DicomOptions = DicomOptions(),
 ) -> dict[str, int]:
     """Convert a label onto its (already converted) image's grid; returns voxel counts per label name."""
-    image, image_geometry = read_image(image_nifti)
+    channels, image_geometry = read_channels(image_nifti)
+    image = channels[0]  # the grid of the first channel is the grid of all
     labels = _read_dicom_label_object(case, source, image.shape, image_geometry, label_values)
     if labels is not None:  # a DICOM-SEG or RTSTRUCT, already on the image grid
         geometry = image_geometry

@@ -26,7 +26,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
 
     net = plans["network"]
     network = NetworkConfig(
-        in_channels=1,
+        in_channels=len(plans["channels"]),
         n_classes=int(plans["n_classes"]),
         base_channels=int(net["base_channels"]),
         max_channels=int(net["max_channels"]),
@@ -93,7 +93,9 @@ def train_one_fold(
         "train_cases": splits[fold]["train"],
         "val_cases": splits[fold]["val"],
         "train": config.to_dict(),
-        "plans": {k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels")},
+        "plans": {
+            k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
+        },
     }
     atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     return model

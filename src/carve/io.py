@@ -120,12 +120,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read a NIfTI/NRRD/MHA file as (array in (z, y, x) order, LPS geometry).
-
-    Raises :class:`ImageReadError` naming the file for unreadable, non-3D or multi-component images.
-    """
-    path = Path(path)
+def _read_scalar(path: Path) -> sitk.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -140,13 +135,68 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
             "carve needs a scalar 3D volume"
         )
+    return image
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a NIfTI/NRRD/MHA file as (array in (z, y, x) order, LPS geometry).
+
+    Raises :class:`ImageReadError` naming the file for unreadable, non-3D or multi-component images.
+    """
+    path = Path(path)
+    image = _read_scalar(path)
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
         dim = 3
     if dim != 3:
-        raise ImageReadError(f"{path}: is {dim}D with size {image.GetSize()}; carve needs a 3D volume")
+        raise ImageReadError(
+            f"{path}: is {dim}D with size {image.GetSize()}; carve needs a 3D volume "
+            "(a 4D image with one volume per channel needs the config's `channels`)"
+        )
     return from_sitk(image)
+
+
+def read_channels(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D or 4D image as (C, z, y, x): a 3D file is one channel, a 4D file one channel per volume
+    (the 4th NIfTI dimension, as in the Medical Segmentation Decathlon's multi-modal images)."""
+    path = Path(path)
+    image = _read_scalar(path)
+    dim = image.GetDimension()
+    if dim == 3:
+        array, geometry = from_sitk(image)
+        return array[None], geometry
+    if dim != 4:
+        raise ImageReadError(f"{path}: is {dim}D with size {image.GetSize()}; carve needs a 3D or 4D volume")
+    volumes = [image[:, :, :, c] for c in range(image.GetSize()[3])]
+    geometry = Geometry.from_sitk(volumes[0])
+    return np.stack([sitk.GetArrayFromImage(v) for v in volumes]), geometry
+
+
+def write_channels(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
+    """Write (C, z, y, x) atomically: one channel as a 3D image, several as a 4D image (channels last)."""
+    if array.ndim != 4 or array.shape[0] < 1:
+        raise ValueError(f"write_channels expects a (C, z, y, x) array, got shape {array.shape}")
+    if array.shape[0] == 1:
+        return write_image(path, array[0], geometry, compress)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    joined = sitk.JoinSeries([to_sitk(c, geometry) for c in array])
+    return _atomic_sitk_write(Path(path), joined, compress)
+
+
+def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in IMAGE_SUFFIXES if str(path).lower().endswith(s)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=compress)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
@@ -159,16 +209,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         array = array.astype(np.uint8)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    suffix = next((s for s in IMAGE_SUFFIXES if str(path).lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(to_sitk(array, geometry), tmp, useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return _atomic_sitk_write(path, to_sitk(array, geometry), compress)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

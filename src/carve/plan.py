@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 import carve
-from carve.io import atomic_write_text, read_image
+from carve.io import atomic_write_text, read_channels, read_image
 from carve.resample import ANISOTROPY_RATIO, target_shape
 
-PLANS_VERSION = 1
+PLANS_VERSION = 2  # 2: channels, normalisation per channel
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 
 
@@ -31,6 +31,7 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class PlanOptions:
     modality: str = "MR"
+    channels: tuple[tuple[str, str], ...] = ()  # (name, modality) per input channel; empty: one channel
     max_patch_voxels: int = 48 * 64 * 48  # CPU default; raise for a GPU
     batch_size: int = 2
     base_channels: int = 16
@@ -41,30 +42,53 @@ class PlanOptions:
 
 
 def fingerprint(images: Sequence[Path], labels: Sequence[Path], seed: int = 0) -> dict:
-    """Spacing, shapes and foreground intensity statistics of the training cases."""
+    """Spacing, shapes and foreground intensity statistics (per channel) of the training cases."""
     rng = np.random.default_rng(seed)
-    spacings, shapes, samples = [], [], []
+    spacings, shapes = [], []
+    samples: list[list[np.ndarray]] = []
+    n_channels = None
     for image_path, label_path in zip(images, labels, strict=True):
-        image, geometry = read_image(image_path)
+        image, geometry = read_channels(image_path)
+        if n_channels is None:
+            n_channels = image.shape[0]
+            samples = [[] for _ in range(n_channels)]
+        elif image.shape[0] != n_channels:
+            raise PlanError(f"{image_path}: {image.shape[0]} channel(s), the first case has {n_channels}")
         label, _ = read_image(label_path)
         spacings.append(list(geometry.spacing_mm))
-        shapes.append(list(image.shape))
-        fg = image[label > 0].astype(np.float64)
-        if fg.size:
-            take = min(fg.size, FOREGROUND_SAMPLES_PER_CASE)
-            samples.append(rng.choice(fg, size=take, replace=False))
-    fg = np.concatenate(samples) if samples else np.zeros(1)
-    return {
-        "cases": len(spacings),
-        "spacings_mm": spacings,
-        "shapes_vox": shapes,
-        "foreground_intensity": {
-            "mean": float(fg.mean()),
-            "std": float(fg.std()),
-            "percentile_00_5": float(np.percentile(fg, 0.5)),
-            "percentile_99_5": float(np.percentile(fg, 99.5)),
-        },
-    }
+        shapes.append(list(image.shape[1:]))
+        foreground = label > 0
+        take = None
+        for c in range(n_channels):
+            fg = image[c][foreground].astype(np.float64)
+            if fg.size:
+                if take is None:  # the same voxels in every channel
+                    take = rng.choice(fg.size, size=min(fg.size, FOREGROUND_SAMPLES_PER_CASE), replace=False)
+                samples[c].append(fg[take])
+    stats = []
+    for per_case in samples:
+        fg = np.concatenate(per_case) if per_case else np.zeros(1)
+        stats.append(
+            {
+                "mean": float(fg.mean()),
+                "std": float(fg.std()),
+                "percentile_00_5": float(np.percentile(fg, 0.5)),
+                "percentile_99_5": float(np.percentile(fg, 99.5)),
+            }
+        )
+    return {"cases": len(spacings), "spacings_mm": spacings, "shapes_vox": shapes, "foreground_intensity": stats}
+
+
+def normalisation_for(modality: str, fg: Mapping) -> dict:
+    """CT: clip to the foreground 0.5-99.5 percentiles and z-score with foreground statistics; else per image."""
+    if modality.upper() == "CT":
+        return {
+            "scheme": "ct",
+            "clip": [fg["percentile_00_5"], fg["percentile_99_5"]],
+            "mean": fg["mean"],
+            "std": max(fg["std"], 1e-6),
+        }
+    return {"scheme": "zscore_per_image"}
 
 
 def choose_target_spacing(spacings_mm: Sequence[Sequence[float]]) -> tuple[float, float, float]:
@@ -86,16 +110,10 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
     patch = fit_patch_size(median_shape, spacing, options.max_patch_voxels)
     strides, kernels = plan_topology(patch, spacing, max_stages=options.max_stages)
     modality = options.modality.upper()
-    fg = fp["foreground_intensity"]
-    if modality == "CT":
-        normalisation = {
-            "scheme": "ct",
-            "clip": [fg["percentile_00_5"], fg["percentile_99_5"]],
-            "mean": fg["mean"],
-            "std": max(fg["std"], 1e-6),
-        }
-    else:
-        normalisation = {"scheme": "zscore_per_image"}
+    stats = fp["foreground_intensity"]
+    channels = [(n, (m or modality).upper()) for n, m in options.channels] or [("image", modality)]
+    if len(channels) != len(stats):
+        raise PlanError(f"the config names {len(channels)} channel(s) but the images have {len(stats)}")
     values = sorted(int(v) for v in label_names)
     if values != list(range(1, len(values) + 1)):
         raise PlanError(f"label values must be 1..N without gaps, got {values}")
@@ -103,6 +121,7 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
         "plans_version": PLANS_VERSION,
         "carve_version": carve.__version__,
         "modality": modality,
+        "channels": [{"name": n, "modality": m} for n, m in channels],
         "labels": {str(v): label_names[v] for v in values},
         "n_classes": len(values) + 1,
         "target_spacing_mm": list(spacing),
@@ -115,7 +134,7 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
             "strides": [list(map(int, s)) for s in strides],
             "kernel_sizes": [list(map(int, k)) for k in kernels],
         },
-        "normalisation": normalisation,
+        "normalisation": [normalisation_for(m, fg) for (_, m), fg in zip(channels, stats, strict=True)],
         "fingerprint": dict(fp),
     }
 
@@ -133,7 +152,7 @@ def load_plans(path: Path) -> dict:
         raise PlanError(
             f"{path}: plans version {plans.get('plans_version')} is not {PLANS_VERSION}; rerun the plan rule"
         )
-    for key in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "network"):
+    for key in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "network", "channels"):
         if key not in plans:
             raise PlanError(f"{path}: plans lack '{key}'")
     return plans

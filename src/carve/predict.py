@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from carve.io import atomic_write_text, read_image, write_image
+from carve.io import atomic_write_text, read_channels, write_image
 from carve.preprocess import preprocess_image
 from carve.resample import resize_image, resize_probabilities
 
@@ -53,7 +53,7 @@ def predict_case(
 
     torch.set_num_threads(max(1, int(threads)))
     device = select_device(device)
-    image, geometry = read_image(image_path)
+    image, geometry = read_channels(image_path)  # (C, z, y, x)
     data, _ = preprocess_image(image, geometry, plans)
     models = [load_model(p, device=device)[0] for p in model_paths]
     log.info(
@@ -74,10 +74,10 @@ def predict_case(
         batch_windows=options.batch_windows,
         device=device,
     )
-    probabilities = resize_probabilities(result.mean_probabilities, image.shape)
+    probabilities = resize_probabilities(result.mean_probabilities, image.shape[1:])
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     del probabilities
-    uncertainty = resize_image(uncertainty_map(result), image.shape, geometry.spacing_mm, order=1)
+    uncertainty = resize_image(uncertainty_map(result), image.shape[1:], geometry.spacing_mm, order=1)
     scores = case_uncertainty_scores(
         result.mean_probabilities, result.mean_entropy, result.std, np.argmax(result.mean_probabilities, axis=0)
     )

@@ -30,10 +30,18 @@ def normalise(image: np.ndarray, scheme: Mapping) -> np.ndarray:
 
 
 def preprocess_image(image: np.ndarray, geometry: Geometry, plans: Mapping) -> tuple[np.ndarray, Geometry]:
-    """Normalise and resample one image; returns (1, z, y, x) float32 and the resampled geometry."""
-    normalised = normalise(image, plans["normalisation"])
-    resampled, new_geometry = resample_image(normalised, geometry, plans["target_spacing_mm"], order=3)
-    return resampled[None].astype(np.float32), new_geometry
+    """Normalise each channel and resample; takes (z, y, x) or (C, z, y, x), returns (C, z, y, x) float32."""
+    channels = image[None] if image.ndim == 3 else image
+    schemes = plans["normalisation"]
+    if len(schemes) != channels.shape[0]:
+        raise ValueError(f"the plans normalise {len(schemes)} channel(s), the image has {channels.shape[0]}")
+    out, new_geometry = [], geometry
+    for channel, scheme in zip(channels, schemes, strict=True):
+        resampled, new_geometry = resample_image(
+            normalise(channel, scheme), geometry, plans["target_spacing_mm"], order=3
+        )
+        out.append(resampled.astype(np.float32))
+    return np.stack(out), new_geometry
 
 
 def preprocess_labels(labels: np.ndarray, geometry: Geometry, plans: Mapping) -> np.ndarray:
@@ -69,9 +77,9 @@ def preprocess_case(
     image_path: Path, label_path: Path | None, plans: Mapping, out: Path
 ) -> tuple[tuple[int, ...], Geometry]:
     """Preprocess a converted case (NIfTI) and store it for training."""
-    from carve.io import read_image
+    from carve.io import read_channels, read_image
 
-    image, geometry = read_image(image_path)
+    image, geometry = read_channels(image_path)
     data, new_geometry = preprocess_image(image, geometry, plans)
     labels = None
     if label_path is not None:

@@ -31,7 +31,7 @@ from matplotlib.patheffects import withStroke
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 from scipy import ndimage
 
-from carve.io import Geometry, read_image, to_sitk
+from carve.io import Geometry, read_channels, read_image, to_sitk
 from carve.report import plot_style, save_png
 
 REFERENCE_COLOUR = "#00d000"
@@ -296,7 +296,8 @@ def write_preview(
     out: Path,
 ) -> Path:
     """Read a case's converted image, reference (or None), prediction and meshes and write its preview PNG."""
-    image, geometry = read_image(image_path)
+    channels, geometry = read_channels(image_path)
+    image = channels[0]  # the first channel is shown
     volumes = {}
     for name, path in (("reference", label_path), ("prediction", prediction_path)):
         if path is None:

@@ -1,5 +1,10 @@
 """The cases sheet: one row per case with ``case``, ``image``, ``label`` and ``role``.
 
+Optional columns: ``series`` (which DICOM series of the ``image`` folder to use: a SeriesInstanceUID or a
+SeriesDescription regular expression). With several input channels (config ``channels``), ``image_<name>``
+gives a channel its own file or folder (else it comes from ``image``: a study folder or a 4D file) and
+``series_<name>`` its own series choice.
+
 Paths are relative to the sheet. Every problem of a sheet is reported at once, one line each, with the
 row, the case and the column, before any job runs.
 """
@@ -7,6 +12,7 @@ row, the case and the column, before any job runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +34,17 @@ class Case:
     image: Path
     label: Path | None
     role: str
+    channel_images: tuple[Path, ...] = ()  # one source per channel when the config names channels
+    series: tuple[str | None, ...] = ()  # the sheet's series choice per channel (None: the config's)
 
     @property
     def has_label(self) -> bool:
         return self.label is not None
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """The distinct image sources of the case (one, or one per channel)."""
+        return tuple(dict.fromkeys(self.channel_images or (self.image,)))
 
 
 def _blank(value: object) -> bool:
@@ -50,9 +63,13 @@ def check_case_id(case: str) -> str | None:
     return None
 
 
-def load_sheet(path: str | Path) -> list[Case]:
-    """Read and check a cases sheet (TSV); raises :class:`SheetError` listing every problem."""
+def load_sheet(path: str | Path, channels: Sequence[str] = ()) -> list[Case]:
+    """Read and check a cases sheet (TSV); raises :class:`SheetError` listing every problem.
+
+    ``channels`` are the config's channel names (empty: one channel from ``image``)."""
     path = Path(path)
+    if len(set(channels)) != len(channels):
+        raise SheetError(f"config channels: duplicate channel name(s) in {list(channels)}")
     if not path.is_file():
         raise SheetError(f"{path}: cases sheet not found")
     try:
@@ -86,21 +103,60 @@ def load_sheet(path: str | Path) -> list[Case]:
             problems.append(f"{where}: role must be one of {', '.join(ROLES)}, got '{role}'")
         image = None if _blank(row["image"]) else (base / str(row["image"]).strip())
         label = None if _blank(row["label"]) else (base / str(row["label"]).strip())
-        if image is None:
+        sources: list[Path] = []
+        if channels:
+            for name in channels:
+                own = row.get(f"image_{name}")
+                source = image if _blank(own) else base / str(own).strip()
+                if source is None:
+                    problems.append(f"{where}: channel '{name}' has no image (neither image_{name} nor image given)")
+                elif not source.exists():
+                    problems.append(f"{where}: image {source} of channel '{name}' does not exist")
+                else:
+                    sources.append(source)
+            if len(sources) == len(channels):
+                image = sources[0]
+        elif image is None:
             problems.append(f"{where}: no image given")
         elif not image.exists():
             problems.append(f"{where}: image {image} does not exist")
+        series_columns = [f"series_{n}" for n in channels] if channels else ["series"]
+        series = tuple(None if _blank(row.get(c)) else str(row[c]).strip() for c in series_columns)
+        for column, value in zip(series_columns, series, strict=True):
+            if value is not None and (msg := check_series_choice(value)) is not None:
+                problems.append(f"{where}: column {column}: {msg}")
         if label is not None and not label.exists():
             problems.append(f"{where}: label {label} does not exist")
         if role == "train" and label is None:
             problems.append(f"{where}: a training case needs a label")
-        if image is not None:
-            cases.append(Case(case, image, label, role))
+        if image is not None and (not channels or len(sources) == len(channels)):
+            cases.append(Case(case, image, label, role, tuple(sources), series if any(series) else ()))
     if not problems and not cases:
         problems.append(f"{path}: the sheet has no cases")
     if problems:
         raise SheetError("problems in the cases sheet:\n" + "\n".join(problems))
     return cases
+
+
+SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+
+
+def series_choice(value: str | None) -> tuple[str | None, str | None]:
+    """A sheet's series choice as (SeriesInstanceUID, SeriesDescription pattern): digits and dots are a UID."""
+    if value is None or not value.strip():
+        return None, None
+    value = value.strip()
+    return (value, None) if SERIES_UID.match(value) else (None, value)
+
+
+def check_series_choice(value: str) -> str | None:
+    uid, pattern = series_choice(value)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            return f"'{value}' is neither a SeriesInstanceUID nor a valid regular expression ({err})"
+    return None
 
 
 def check_folds(cases: list[Case], folds: int, sheet: str | Path = "cases sheet") -> None:

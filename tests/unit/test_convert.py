@@ -82,3 +82,77 @@ def test_unknown_file_kind_and_missing(tmp_path):
         convert_image("x", tmp_path / "notes.txt", tmp_path / "o.nii.gz")
     with pytest.raises(ConversionError, match="no such file"):
         convert_image("x", tmp_path / "nothing.nii.gz", tmp_path / "o.nii.gz")
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A DICOM study folder with a T1 and a coarser, shifted T2 series (nested folders) and their arrays."""
+    from carve.dicom_write import write_dicom_series
+
+    rng = np.random.default_rng(5)
+    axes = ((-1, 0, 0), (0, 1, 0), (0, 0, 1))  # array axis 0 along the DICOM slice normal
+    g1 = Geometry((3.0, 1.0, 1.0), (9.0, 0.0, 0.0), axes)
+    g2 = Geometry((3.0, 2.0, 2.0), (9.0, 0.5, 0.5), axes)
+    t1 = rng.integers(0, 1000, size=(4, 12, 10)).astype(np.int16)
+    t2 = np.tile(np.arange(5, dtype=np.int16) * 100, (4, 6, 1))  # a ramp along x
+    root = tmp_path / "study"
+    write_dicom_series(t1, g1, root / "a" / "t1", series_description="T1 MPRAGE", uid_seed="t1", series_number=1)
+    write_dicom_series(t2, g2, root / "b" / "t2", series_description="T2 axial", uid_seed="t2", series_number=2)
+    return root, t1, t2, g1
+
+
+def test_study_folder_feeds_two_channels(study, tmp_path, caplog):
+    from carve.convert import ChannelSpec
+    from carve.io import read_channels
+
+    root, t1, t2, g1 = study
+    channels = [ChannelSpec("T1", series_description="T1"), ChannelSpec("T2", series_description="T2")]
+    with caplog.at_level("INFO"):
+        convert_image("s1", root, tmp_path / "out.nii.gz", channels=channels)
+    data, geometry = read_channels(tmp_path / "out.nii.gz")
+    assert data.shape == (2, *t1.shape) and geometry.is_close(g1, 1e-4, t1.shape)
+    np.testing.assert_array_equal(data[0], t1)
+    # T2 was resampled (linear) onto T1's 1 mm grid: the ramp of 100 per 2 mm is 50 per mm inside
+    inner = data[1][:, 2:-2, 1:7]
+    np.testing.assert_allclose(np.diff(inner, axis=2), 50.0, atol=1e-3)
+    assert "channel 'T2'" in caplog.text and "resampled onto the first channel's grid" in caplog.text
+    # the sheet's per-row choice (a UID) wins over the channel's pattern
+    import pydicom
+
+    uid_t2 = pydicom.dcmread(next((root / "b" / "t2").glob("*.dcm"))).SeriesInstanceUID
+    convert_image("s1", root, tmp_path / "swap.nii.gz", channels=channels, series=[uid_t2, "T1"])
+    swapped, _ = read_channels(tmp_path / "swap.nii.gz")
+    assert swapped[0].shape == t2.shape and swapped[1].shape == t2.shape
+    np.testing.assert_array_equal(swapped[0], t2)
+
+
+def test_single_channel_series_choice_from_sheet(study, tmp_path):
+    root, t1, t2, _ = study
+    convert_image("s1", root, tmp_path / "t2.nii.gz", series=["T2 ax"])
+    np.testing.assert_array_equal(read_image(tmp_path / "t2.nii.gz")[0], t2)
+    with pytest.raises(ConversionError, match="case 's1'.*FLAIR"):
+        convert_image("s1", root, tmp_path / "none.nii.gz", series=["FLAIR"])
+    assert not (tmp_path / "none.nii.gz").exists()
+
+
+def test_4d_file_gives_one_volume_per_channel(tmp_path, oblique_geometry):
+    from carve.convert import ChannelSpec
+    from carve.io import read_channels, write_channels
+
+    data = np.random.default_rng(1).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    write_channels(tmp_path / "in.nii.gz", data, oblique_geometry)
+    names = [ChannelSpec(n) for n in ("a", "b", "c")]
+    convert_image("m1", tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", channels=names)
+    np.testing.assert_array_equal(read_channels(tmp_path / "out.nii.gz")[0], data)
+    with pytest.raises(ConversionError, match="case 'm1'.*in.nii.gz: has 3 volumes but the config names 2 channels"):
+        convert_image("m1", tmp_path / "in.nii.gz", tmp_path / "bad.nii.gz", channels=names[:2])
+    with pytest.raises(ConversionError, match="case 'm1'.*4D.*channels"):
+        convert_image("m1", tmp_path / "in.nii.gz", tmp_path / "bad.nii.gz")
+    assert not (tmp_path / "bad.nii.gz").exists()
+    # one file per channel (sheet columns image_<name>); a channel far away in space is refused
+    write_image(tmp_path / "a.nii.gz", data[0], oblique_geometry)
+    far = Geometry(oblique_geometry.spacing_mm, (500.0, 500.0, 500.0), oblique_geometry.direction)
+    write_image(tmp_path / "b.nii.gz", data[1], far)
+    with pytest.raises(ConversionError, match="channel 'b' does not overlap the first channel"):
+        convert_image("m1", [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "bad.nii.gz", channels=names[:2])
+    assert not (tmp_path / "bad.nii.gz").exists()

@@ -60,3 +60,21 @@ def test_refuses_rgb_and_4d(tmp_path):
 def test_write_is_atomic_no_temporary_left(tmp_path, oblique_geometry):
     write_image(tmp_path / "a.nii.gz", np.ones((2, 2, 2), np.uint8), oblique_geometry)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+
+
+def test_channels_round_trip_as_4d(tmp_path, oblique_geometry):
+    import nibabel as nib
+
+    from carve.io import read_channels, write_channels
+
+    data = np.random.default_rng(3).normal(size=(3, 4, 5, 6)).astype(np.float32)
+    write_channels(tmp_path / "c.nii.gz", data, oblique_geometry)
+    assert nib.load(str(tmp_path / "c.nii.gz")).shape == (6, 5, 4, 3)  # NIfTI: x, y, z, channel
+    back, geometry = read_channels(tmp_path / "c.nii.gz")
+    np.testing.assert_array_equal(back, data)
+    assert geometry.is_close(oblique_geometry, 1e-4, data.shape[1:])
+    with pytest.raises(ImageReadError, match="4D.*needs the config's `channels`"):
+        read_image(tmp_path / "c.nii.gz")
+    write_channels(tmp_path / "one.nii.gz", data[:1], oblique_geometry)  # one channel stays 3D
+    assert read_image(tmp_path / "one.nii.gz")[0].shape == (4, 5, 6)
+    assert read_channels(tmp_path / "one.nii.gz")[0].shape == (1, 4, 5, 6)

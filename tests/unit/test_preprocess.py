@@ -16,7 +16,7 @@ def test_zscore_and_ct_normalisation():
 
 
 def test_preprocess_resamples_to_plan_spacing_and_round_trips(tmp_path, oblique_geometry):
-    plans = {"normalisation": {"scheme": "zscore_per_image"}, "target_spacing_mm": [1.25, 1.6, 0.9], "n_classes": 3}
+    plans = {"normalisation": [{"scheme": "zscore_per_image"}], "target_spacing_mm": [1.25, 1.6, 0.9], "n_classes": 3}
     image = np.random.default_rng(1).normal(size=(12, 30, 32)).astype(np.float32)
     axes = [np.arange(n) * s for n, s in zip(image.shape, oblique_geometry.spacing_mm, strict=True)]
     z, y, x = np.meshgrid(*axes, indexing="ij")
@@ -38,7 +38,7 @@ def test_preprocess_resamples_to_plan_spacing_and_round_trips(tmp_path, oblique_
 
 
 def test_preprocess_image_without_label_shape():
-    plans = {"normalisation": {"scheme": "zscore_per_image"}, "target_spacing_mm": [2.0, 2.0, 2.0]}
+    plans = {"normalisation": [{"scheme": "zscore_per_image"}], "target_spacing_mm": [2.0, 2.0, 2.0]}
     data, g = preprocess_image(np.zeros((4, 8, 8), np.float32) + 3, Geometry((4.0, 1.0, 1.0)), plans)
     assert data.shape == (1, 8, 4, 4)
     np.testing.assert_allclose(data, 0.0, atol=1e-5)

@@ -68,3 +68,52 @@ def test_too_few_training_cases_for_folds(tmp_path):
     check_folds(cases, 2, sheet)
     with pytest.raises(SheetError, match="2 training case.*5 folds"):
         check_folds(cases, 5, sheet)
+
+
+def test_series_column_and_channel_columns(tmp_path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "t2.nii.gz").write_bytes(b"x")
+    sheet = write_sheet(
+        tmp_path,
+        [["a", "study", "lab.nii.gz", "train", "", "T1.*", ""], ["b", "img.nii.gz", "lab.nii.gz", "train", "", "", ""]],
+        header="case\timage\tlabel\trole\timage_T1\tseries_T1\timage_T2",
+    )
+    cases = load_sheet(sheet, channels=("T1", "T2"))
+    a, b = cases
+    assert a.channel_images == (tmp_path / "study", tmp_path / "study") and a.series == ("T1.*", None)
+    assert a.sources == (tmp_path / "study",)
+    assert b.channel_images == (tmp_path / "img.nii.gz",) * 2 and b.series == ()
+    sheet.write_text(
+        "case\timage\tlabel\trole\timage_T2\tseries\n"
+        "a\t\tlab.nii.gz\ttrain\tt2.nii.gz\t\n"
+        "b\timg.nii.gz\tlab.nii.gz\ttrain\t\t1.2.840.99\n"
+    )
+    with pytest.raises(SheetError, match=r"case 'a': channel 'T1' has no image \(neither image_T1 nor image given\)"):
+        load_sheet(sheet, channels=("T1", "T2"))
+    # one channel: the `series` column is the per-row choice, image_<name> columns play no part
+    sheet.write_text(sheet.read_text().replace("a\t\tlab", "a\timg.nii.gz\tlab"))
+    a, b = load_sheet(sheet)
+    assert a.channel_images == () and a.series == () and b.series == ("1.2.840.99",)
+
+
+def test_series_choice_uid_or_pattern_and_bad_regex(tmp_path):
+    from carve.sheet import series_choice
+
+    assert series_choice("1.2.840.10008.5") == ("1.2.840.10008.5", None)
+    assert series_choice("T1 MPRAGE") == (None, "T1 MPRAGE")
+    assert series_choice("  ") == (None, None)
+    sheet = write_sheet(
+        tmp_path, [["a", "img.nii.gz", "lab.nii.gz", "train", "T1(["]], header="case\timage\tlabel\trole\tseries"
+    )
+    with pytest.raises(SheetError, match=r"case 'a': column series: 'T1\(\[' is neither a SeriesInstanceUID"):
+        load_sheet(sheet)
+    sheet = write_sheet(
+        tmp_path, [["a", "img.nii.gz", "lab.nii.gz", "train", "1.2.3"]], header="case\timage\tlabel\trole\tseries"
+    )
+    assert load_sheet(sheet)[0].series == ("1.2.3",)
+
+
+def test_duplicate_channel_names_refused(tmp_path):
+    sheet = write_sheet(tmp_path, [["a", "img.nii.gz", "lab.nii.gz", "train"]])
+    with pytest.raises(SheetError, match="duplicate channel name"):
+        load_sheet(sheet, channels=("T1", "T1"))

@@ -8,7 +8,12 @@ from pathlib import Path
 from carve.workflow import run_step
 from carve.plan import PlanOptions, plan_dataset
 
-options = PlanOptions(modality=snakemake.params.modality, seed=int(snakemake.params.seed), **snakemake.params.plan)
+options = PlanOptions(
+    modality=snakemake.params.modality,
+    channels=tuple((str(n), m) for n, m in snakemake.params.channels),
+    seed=int(snakemake.params.seed),
+    **snakemake.params.plan,
+)
 run_step(
     snakemake.log[0],
     plan_dataset,
