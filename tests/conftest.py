@@ -89,3 +89,18 @@ def job_stats(text: str) -> dict[str, int]:
             break
         jobs[name] = int(count)
     return jobs
+
+
+# The results of a run that must be equal to the byte between runs (local, SLURM, interrupted and resumed),
+# as globs under the results folder. Logs, benchmarks, curves and report figures carry times; they are left out.
+REPRODUCIBLE = ["splits.json", "plans.json", "nifti/*/*.nii.gz", "preprocessed/*.npz", "predictions/*.nii.gz"]
+REPRODUCIBLE += ["cv/*.nii.gz", "uncertainty/*", "meshes/*/*.stl", "meshes/*/meshes.tsv", "metrics/*.tsv"]
+REPRODUCIBLE += ["metrics/cases/*.tsv", "models/*/config.json", "models/*/model.pt"]
+
+
+def digests(results: Path, patterns: list[str] = REPRODUCIBLE) -> dict[str, str]:
+    """sha256 of every file matching ``patterns`` under ``results``, by relative path."""
+    import hashlib
+
+    files = sorted({p for pattern in patterns for p in results.glob(pattern) if p.is_file()})
+    return {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}

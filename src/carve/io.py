@@ -16,6 +16,7 @@ are always LPS. Writes are atomic: a file either exists complete or not at all.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Sequence
@@ -185,10 +186,17 @@ def write_channels(path: str | os.PathLike, array: np.ndarray, geometry: Geometr
     return _atomic_sitk_write(Path(path), joined, compress)
 
 
-def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
+def _temporary(path: Path, suffix: str = "") -> tuple[int, str]:
+    """A temporary file beside ``path`` (hidden: ``.<name>.XXXX``), after removing those a killed writer left."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        stale.unlink(missing_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+
+
+def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
     suffix = next((s for s in IMAGE_SUFFIXES if str(path).lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = _temporary(path, suffix)
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=compress)
@@ -215,8 +223,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -70,6 +70,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     pretrained_lr_scale: float = 0.1
     val_time_fraction: float = 0.1  # validation is skipped at epoch ends once it costs more than this
+    deterministic: bool = True  # CUDA: deterministic kernels (CPU training is deterministic regardless)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
@@ -93,6 +94,21 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in d["augment"].items()}
         return cls(**{**d, "augment": AugmentConfig(**aug), "network": NetworkConfig.from_dict(d["network"])})
+
+
+def configure_determinism(device: str, deterministic: bool) -> None:
+    """Deterministic CUDA kernels (cuDNN without autotuning, cuBLAS with a fixed workspace) or the fastest ones.
+
+    On CPU carve's training is bit-reproducible either way (tested); on CUDA only with ``deterministic``.
+    ``warn_only``: an op without a deterministic CUDA kernel warns in the log instead of stopping training.
+    """
+    import os
+
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any CUDA op
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and str(device).startswith("cuda")
 
 
 def lr_factor(progress: float, schedule: str, warmup_fraction: float) -> float:
@@ -255,6 +271,7 @@ def train_fold(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
+    configure_determinism(device, config.deterministic)
     net_cfg = replace(config.network, deep_supervision=config.deep_supervision)
     n_classes = net_cfg.n_classes
     for i, (img, lab) in enumerate([*train_cases, *val_cases]):

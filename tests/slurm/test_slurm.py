@@ -7,14 +7,13 @@ with ``--workflow-profile profiles/slurm-local``): a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import job_stats
+from conftest import REPRODUCIBLE, digests, job_stats
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "e2e" / "config.yaml"
@@ -22,12 +21,6 @@ PROFILE = REPO / "profiles" / "slurm-local"
 PARTITION = "debug"
 HANG_GUARD_S = 3600  # only so that a wedged cluster cannot hold CI forever; no timing is asserted
 pytestmark = pytest.mark.e2e
-
-# The results that must be equal to the byte, as globs under the results folder.
-REPRODUCIBLE = ["splits.json", "plans.json", "nifti/*/*.nii.gz", "preprocessed/*.npz", "predictions/*.nii.gz"]
-REPRODUCIBLE += ["cv/*.nii.gz", "uncertainty/*", "meshes/*/*.stl", "meshes/*/meshes.tsv", "metrics/*.tsv"]
-REPRODUCIBLE += ["metrics/cases/*.tsv", "models/*/config.json"]
-
 
 def _cluster_problem() -> str | None:
     if shutil.which("sinfo") is None:
@@ -71,11 +64,6 @@ def runs(cluster, tiny_run, tmp_path_factory):
     done = snakemake(workdir, "--workflow-profile", str(PROFILE))
     assert done.returncode == 0, f"slurm run failed:\n{done.stderr[-5000:]}"
     return {"local": (tiny_run, None), "slurm": (workdir, done)}
-
-
-def digests(results: Path, patterns: list[str]) -> dict[str, str]:
-    files = sorted({p for pattern in patterns for p in results.glob(pattern) if p.is_file()})
-    return {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_slurm_run_completes(runs):

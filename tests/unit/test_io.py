@@ -78,3 +78,14 @@ def test_channels_round_trip_as_4d(tmp_path, oblique_geometry):
     write_channels(tmp_path / "one.nii.gz", data[:1], oblique_geometry)  # one channel stays 3D
     assert read_image(tmp_path / "one.nii.gz")[0].shape == (4, 5, 6)
     assert read_channels(tmp_path / "one.nii.gz")[0].shape == (1, 4, 5, 6)
+
+
+def test_stale_temporary_of_a_killed_writer_is_removed(tmp_path, oblique_geometry):
+    from carve.io import atomic_write_text
+
+    (tmp_path / ".image.nii.gz.abc123.nii.gz").write_bytes(b"half")  # what a kill -9 mid-write leaves
+    (tmp_path / ".notes.txt.xyz").write_bytes(b"half")
+    (tmp_path / ".other.nii.gz.abc.nii.gz").write_bytes(b"someone else's")
+    write_image(tmp_path / "image.nii.gz", np.zeros((2, 3, 4), np.uint8), oblique_geometry)
+    atomic_write_text(tmp_path / "notes.txt", "done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.nii.gz.abc.nii.gz", "image.nii.gz", "notes.txt"]

@@ -176,3 +176,21 @@ def test_predict_volume_tiles_large_volumes() -> None:
     assert probs.shape == (2, 13, 30, 27) and np.allclose(probs.sum(0), 1, atol=1e-4)
     whole = predict_volume(model, image, (16, 32, 32))
     assert whole.shape == probs.shape and not np.allclose(whole, probs)
+
+
+def test_determinism_switch_sets_torch_flags() -> None:
+    from carve.train import configure_determinism
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    try:
+        configure_determinism("cuda", True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        configure_determinism("cuda", False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        configure_determinism("cpu", False)
+        assert not torch.backends.cudnn.benchmark  # autotuning only where it can help
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=True)
+        torch.backends.cudnn.deterministic = before[1]
+        torch.backends.cudnn.benchmark = False
