@@ -40,7 +40,7 @@ MESH_COLOURS = ("#e6550d", "#3182bd", "#31a354", "#756bb1", "#de2d26", "#636363"
 MAX_DISPLAY_FACES = 20000
 MAX_LEGEND_ENTRIES = 10
 WINDOW_SAMPLE_VOXELS = 4_000_000
-MESH_SUFFIXES = (".stl", ".obj", ".ply")
+MESH_SUFFIXES = (".stl", ".obj", ".ply", ".glb")
 # Towards the light, in LPS: the front (anterior, -P), above (+S), the viewer's left (patient's right, -L).
 LIGHT_DIRECTION = np.array([-0.4, -0.8, 0.6]) / np.linalg.norm([-0.4, -0.8, 0.6])
 
@@ -274,10 +274,11 @@ def read_meshes(mesh_dir: Path, label_names: Mapping[int, str]) -> list[MeshData
     from carve.mesh import safe_file_stem
 
     order = {safe_file_stem(name): value for value, name in label_names.items()}
-    paths = sorted(
-        (p for p in Path(mesh_dir).iterdir() if p.suffix.lower() in MESH_SUFFIXES),
-        key=lambda p: (order.get(p.stem, 1 << 30), p.name),
-    )
+    candidates = [p for p in Path(mesh_dir).iterdir() if p.suffix.lower() in MESH_SUFFIXES]
+    by_stem: dict[str, Path] = {}  # one file per mesh when several formats are written (STL first)
+    for p in sorted(candidates, key=lambda p: (MESH_SUFFIXES.index(p.suffix.lower()), p.name)):
+        by_stem.setdefault(p.stem, p)
+    paths = sorted(by_stem.values(), key=lambda p: (order.get(p.stem, 1 << 30), p.name))
     meshes = []
     for path in paths:
         mesh = trimesh.load(path, force="mesh")

@@ -138,6 +138,39 @@ def load_sheet(path: str | Path, channels: Sequence[str] = ()) -> list[Case]:
     return cases
 
 
+def cases_from_folder(folder: str | Path) -> list[Case]:
+    """Test cases from a folder of new scans (inference with a bundle): each image file (NIfTI, NRRD, MHA) and
+    each sub-folder (a DICOM series or study) is a case named after it; problems are listed at once."""
+    from carve.io import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SheetError(f"{folder}: scans folder not found")
+    cases, problems = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            case = entry.name
+        elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+            case = next(entry.name[: -len(s)] for s in IMAGE_SUFFIXES if entry.name.lower().endswith(s))
+        else:
+            continue
+        if (msg := check_case_id(case)) is not None:
+            problems.append(f"{entry}: {msg}; rename it")
+        cases.append(Case(case, entry, None, "test"))
+    seen: dict[str, Path] = {}
+    for c in cases:
+        if c.case in seen:
+            problems.append(f"{c.image}: case id '{c.case}' also given by {seen[c.case].name}")
+        seen.setdefault(c.case, c.image)
+    if not cases and not problems:
+        problems.append(f"{folder}: no image files or DICOM folders in it")
+    if problems:
+        raise SheetError("problems in the scans folder:\n" + "\n".join(problems))
+    return cases
+
+
 SERIES_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
 

@@ -304,3 +304,13 @@ def test_write_preview_is_byte_identical_and_checks_grids(tmp_path, oblique_geom
     with pytest.raises(ValueError, match="case 'c1': prediction .*other.nii.gz is not on the grid"):
         other = tmp_path / "other.nii.gz"
         preview.write_preview("c1", "cv", image, label, other, meshes, names, tmp_path / "d.png")
+
+
+def test_read_meshes_takes_one_file_per_mesh_whatever_the_formats(tmp_path, oblique_geometry):
+    import shutil
+
+    _, _, _, meshes = write_case(tmp_path, oblique_geometry)
+    shutil.copy(meshes / "lobe.stl", meshes / "lobe.ply")  # a second format of the same mesh
+    (meshes / "uncertainty").mkdir(exist_ok=True)
+    found = preview.read_meshes(meshes, {1: "organ", 2: "lobe"})
+    assert [m.name for m in found] == ["lobe"]

@@ -117,3 +117,27 @@ def test_duplicate_channel_names_refused(tmp_path):
     sheet = write_sheet(tmp_path, [["a", "img.nii.gz", "lab.nii.gz", "train"]])
     with pytest.raises(SheetError, match="duplicate channel name"):
         load_sheet(sheet, channels=("T1", "T1"))
+
+
+def test_cases_from_a_folder_of_scans(tmp_path):
+    from carve.sheet import cases_from_folder
+
+    (tmp_path / "scan_a.nii.gz").write_bytes(b"x")
+    (tmp_path / "scan_b.nrrd").write_bytes(b"x")
+    (tmp_path / "dicom_c").mkdir()
+    (tmp_path / "notes.txt").write_text("ignored")
+    (tmp_path / ".hidden.nii.gz").write_bytes(b"x")
+    cases = cases_from_folder(tmp_path)
+    assert [(c.case, c.image.name, c.role, c.label) for c in cases] == [
+        ("dicom_c", "dicom_c", "test", None),
+        ("scan_a", "scan_a.nii.gz", "test", None),
+        ("scan_b", "scan_b.nrrd", "test", None),
+    ]
+    (tmp_path / "scan_a.nii").write_bytes(b"x")
+    (tmp_path / "bad name.nii.gz").write_bytes(b"x")
+    with pytest.raises(SheetError) as err:
+        cases_from_folder(tmp_path)
+    assert "bad name.nii.gz: case id must be" in str(err.value)
+    assert "case id 'scan_a' also given by scan_a.nii" in str(err.value)
+    with pytest.raises(SheetError, match="no image files or DICOM folders"):
+        cases_from_folder(tmp_path / "dicom_c")
