@@ -53,3 +53,26 @@ def test_summary_per_set_and_label(tmp_path):
     out = summarise_files([tmp_path / "c1.tsv", tmp_path / "c2.tsv"], tmp_path / "cases.tsv", tmp_path / "sum.tsv")
     assert len(pd.read_csv(tmp_path / "cases.tsv", sep="\t")) == 3
     assert set(out["set"]) == {"cv", "test"}
+
+
+def test_summary_skips_nan_and_inf_as_documented():
+    """docs/metrics.md: statistics use the finite values only; the foreground mean of a case averages its labels
+    skipping NaN, so one infinite label distance makes that case's foreground distance infinite and skipped."""
+    inf, nan = float("inf"), float("nan")
+    rows = [
+        {"case": "x", "set": "cv", "label": "a", "hd95_mm": 2.0, "recall": 0.5},
+        {"case": "x", "set": "cv", "label": "b", "hd95_mm": inf, "recall": nan},
+        {"case": "y", "set": "cv", "label": "a", "hd95_mm": 4.0, "recall": 1.0},
+        {"case": "y", "set": "cv", "label": "b", "hd95_mm": 6.0, "recall": 1.0},
+    ]
+    _, summary = summarise([pd.DataFrame(rows)])
+    s = summary.set_index(["set", "label"])
+    assert s.loc[("cv", "a"), "hd95_mm_mean"] == pytest.approx(3.0)
+    assert s.loc[("cv", "b"), "hd95_mm_mean"] == pytest.approx(6.0)  # the infinite case is left out
+    assert s.loc[("cv", "b"), "cases"] == 2
+    assert np.isnan(s.loc[("cv", "b"), "hd95_mm_sd"])  # one finite value
+    assert s.loc[("cv", "b"), "recall_mean"] == pytest.approx(1.0)
+    fg = s.loc[("cv", "mean_foreground")]
+    assert fg["hd95_mm_mean"] == pytest.approx(5.0)  # case x is infinite, only y = (4 + 6) / 2 counts
+    assert fg["recall_mean"] == pytest.approx(0.75)  # x = 0.5 (NaN label skipped), y = 1.0
+    assert fg["cases"] == 2
