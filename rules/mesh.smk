@@ -1,6 +1,7 @@
 rule export_mesh:
     input:
         labels=segmentation_of,
+        uncertainty=f"{R}/uncertainty/{{case}}.nii.gz",
     output:
         meshes=directory(f"{R}/meshes/{{case}}"),
     log:
