@@ -13,6 +13,7 @@ rule plan:
         modality=config["modality"],
         channels=channel_modalities(),
         plan=config["plan"],
+        device=config["device"],
         seed=config["seed"],
     threads: 1
     resources:

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from carve.io import Geometry, ImageReadError, is_image_file, read_channels, read_image, write_channels, write_image
+from carve.io import (
+    Geometry,
+    ImageReadError,
+    check_nifti_data,
+    is_image_file,
+    read_channels,
+    read_image,
+    write_channels,
+    write_image,
+)
 
 log = logging.getLogger("carve.convert")
 
@@ -84,6 +93,7 @@ def load_volume(case: str, source: Path, dicom: DicomOptions = DicomOptions()) -
             raise ConversionError(
                 f"case '{case}': {source}: not a DICOM folder or a NIfTI/NRRD/MHA file (unknown extension)"
             )
+        check_nifti_data(source)  # ITK would read a cut file and fill the rest with zeros
         array, geometry = read_image(source)
         _refuse_nonfinite_nifti(case, source)
         return array, geometry
@@ -97,10 +107,15 @@ def _refuse_nonfinite_nifti(case: str, source: Path) -> None:
         return
     import nibabel as nib
 
-    image = nib.load(str(source))
-    if not np.issubdtype(image.get_data_dtype(), np.floating):
-        return
-    bad = int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    try:
+        image = nib.load(str(source))
+        if not np.issubdtype(image.get_data_dtype(), np.floating):
+            return
+        bad = int((~np.isfinite(np.asanyarray(image.dataobj))).sum())
+    except Exception as err:  # nibabel raises several kinds; ITK read the file, so it is damaged in a way ITK missed
+        raise ConversionError(
+            f"case '{case}': {source}: cannot be read as NIfTI ({' '.join(str(err).split())})"
+        ) from None
     if bad:
         raise ConversionError(f"case '{case}': {source}: {bad} voxel(s) are NaN or infinite; fix or mask them")
 
@@ -116,6 +131,12 @@ def check_image(case: str, source: Path, array: np.ndarray) -> np.ndarray:
                 f"case '{case}': {source}: {int(bad.sum())} voxel(s) are NaN or infinite; fix or mask them"
             )
     if array.dtype == np.float64:
+        big = np.abs(array) > np.finfo(np.float32).max
+        if big.any():  # e.g. a DICOM rescale slope that sends stored values beyond what float32 holds
+            raise ConversionError(
+                f"case '{case}': {source}: {int(big.sum())} voxel(s) lie beyond the float32 range (up to "
+                f"{np.abs(array).max():.3g}); check the rescale slope and intercept"
+            )
         array = array.astype(np.float32)
     if np.ptp(array) == 0:
         log.warning("case '%s': %s: the image is constant (value %s)", case, source, array.flat[0])
@@ -174,6 +195,7 @@ def _load_channel(
     if source.is_dir() or not is_image_file(source) or n_channels == 1:
         return load_volume(case, source, dicom)
     try:
+        check_nifti_data(source)
         stack, geometry = read_channels(source)
     except ImageReadError as err:
         raise ConversionError(f"case '{case}': {err}") from None
@@ -280,7 +302,9 @@ def convert_label(
         raise ConversionError(
             f"case '{case}': {source}: label does not match its image {image_nifti.name}: shape {labels.shape} vs "
             f"{image.shape}, spacing {_r(geometry.spacing_mm)} vs {_r(image_geometry.spacing_mm)} mm, origin "
-            f"{_r(geometry.origin_mm)} vs {_r(image_geometry.origin_mm)} mm"
+            f"{_r(geometry.origin_mm)} vs {_r(image_geometry.origin_mm)} mm, axes "
+            f"{_angle(geometry, image_geometry):.2f} degrees apart: the grids differ by more than the "
+            f"{options.resample_tolerance_mm} mm that carve resamples"
         )
     present = {int(v) for v in np.unique(labels)} - {0}
     unknown = sorted(present - set(int(k) for k in label_values))
@@ -313,6 +337,12 @@ def _read_dicom_label_object(
         return read_label_object(found, shape, geometry, label_values)
     except DicomError as err:
         raise ConversionError(f"case '{case}': {err}") from None
+
+
+def _angle(a: Geometry, b: Geometry) -> float:
+    """The largest angle (degrees) between corresponding axes of two grids."""
+    cosines = np.sum(a.direction_matrix * b.direction_matrix, axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
 
 
 def _r(values) -> tuple:

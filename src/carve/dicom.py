@@ -38,6 +38,7 @@ log = logging.getLogger("carve.dicom")
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC"})
 MAX_BYTES = 2 * 1024**3  # refuse series whose headers declare more pixel data than this
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 class DicomError(ValueError):
@@ -78,20 +79,40 @@ class _Frame:
     sop_uid: str
 
 
-def _read_header(path: Path) -> Dataset | None:
+def _looks_like_dicom(path: Path) -> bool:
+    """A DICOM file by its name or by the 'DICM' magic after the 128-byte preamble."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_header(path: Path, broken: list[tuple[Path, str]] | None = None) -> Dataset | None:
+    """The header of a DICOM file, or None; a file that looks like DICOM but cannot be read goes to ``broken``."""
     if path.name.upper() == "DICOMDIR":
         return None
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
     except Exception as err:  # not DICOM, truncated or unreadable: not part of any series
         log.debug("skipping %s: %s", path, type(err).__name__)
+        if broken is not None and _looks_like_dicom(path):
+            size = path.stat().st_size
+            broken.append((path, "0 bytes" if size == 0 else " ".join(str(err).split())[:120] or type(err).__name__))
         return None
-    if ds.file_meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS or "SeriesInstanceUID" not in ds:
+    if ds.file_meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
+        return None
+    if "SeriesInstanceUID" not in ds:  # every stored image object has one: a header cut short before it
+        if broken is not None:
+            broken.append((path, "the header ends before its SeriesInstanceUID"))
         return None
     return ds
 
 
-def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
+def _scan(folder: Path, broken: list[tuple[Path, str]] | None = None) -> dict[str, list[tuple[Path, Dataset]]]:
     if not folder.is_dir():
         raise DicomError(f"{folder}: not a folder")
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
@@ -99,7 +120,7 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
         dirs.sort()
         for name in sorted(names):
             path = Path(root) / name
-            if path.is_file() and (ds := _read_header(path)) is not None:
+            if path.is_file() and (ds := _read_header(path, broken)) is not None:
                 groups[str(ds.SeriesInstanceUID)].append((path, ds))
     return groups
 
@@ -226,8 +247,17 @@ def _check_headers(name: str, members: list[tuple[Path, Dataset]], max_bytes: in
                 f"{name}: inconsistent image size: {path.name} is {ds.Rows}x{ds.Columns}, "
                 f"{members[0][0].name} is {first.Rows}x{first.Columns}"
             )
-    pixels = sum(int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames") or 1) for _, ds in members)
-    total = pixels * int(first.get("BitsAllocated") or 16) // 8
+    # decoded size: pydicom unpacks 1-bit data to a byte per pixel, so count at least 8 bits
+    total = (
+        sum(
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("NumberOfFrames") or 1)
+            * max(int(ds.get("BitsAllocated") or 16), 8)
+            for _, ds in members
+        )
+        // 8
+    )
     if total > max_bytes:
         raise DicomError(
             f"{name}: headers declare {total / 2**30:.1f} GiB of pixel data (limit "
@@ -311,7 +341,15 @@ def read_dicom_series(
     (linear between slices) onto the median increment. Fewer than ``min_slices`` slices are refused.
     """
     folder = Path(folder)
-    groups = _scan(folder)
+    broken: list[tuple[Path, str]] = []
+    groups = _scan(folder, broken)
+    if broken:  # which series they belonged to is unknown: reading on could silently drop slices
+        listed = ", ".join(f"{p.relative_to(folder)} ({why})" for p, why in broken[:3])
+        more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+        raise DicomError(
+            f"{folder}: {len(broken)} file(s) look like DICOM but cannot be read (truncated or corrupt): "
+            f"{listed}{more}; replace or remove them"
+        )
     if not groups:
         raise DicomError(f"{folder}: no DICOM files found")
     info = select_series([_info(u, m) for u, m in groups.items()], uid, description_pattern, folder=folder)

@@ -16,10 +16,15 @@ are always LPS. Writes are atomic: a file either exists complete or not at all.
 
 from __future__ import annotations
 
+import errno
 import glob
+import gzip
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MAX_DEFLATE_RATIO = 1032  # gzip (deflate) cannot shrink data more than this (RFC 1951: 258 bytes per 2 bits at best)
 
 
 class ImageReadError(ValueError):
@@ -121,6 +127,64 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
+def _itk_reason(err: RuntimeError) -> str:
+    """The telling line of an ITK exception: its last, unless that is a stale errno ('Reason: No such file')."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith("Reason:")]
+    return re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", lines[-1]) if lines else "unknown error"
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 2**20 else f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
+
+
+def _gunzipped_size(path: Path) -> int:
+    """Bytes in a gzip file once decompressed, read in chunks (constant memory); corrupt or cut streams raise."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                total += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ImageReadError(f"{path}: truncated or corrupt gzip data ({err}); the file is damaged") from None
+    return total
+
+
+def check_nifti_data(path: str | os.PathLike, full: bool = True) -> None:
+    """Refuse a NIfTI file (.nii, .nii.gz) that holds less voxel data than its header declares.
+
+    ITK reads such a file without a word and fills the missing voxels with zeros. Only the header is parsed and
+    the data counted (a .nii.gz is decompressed in chunks, which also checks its CRC), so a header that declares
+    an absurd size is refused before any memory is allocated for it. With ``full=False`` a .nii.gz is only checked
+    against the size its gzip trailer records (enough for a file carve has just written; a cut stream matches it
+    by chance once in 2**32). Other formats, missing and empty files are left to the reader."""
+    path = Path(path)
+    gz = str(path).lower().endswith(".nii.gz")
+    if not (gz or str(path).lower().endswith(".nii")) or not path.is_file() or path.stat().st_size == 0:
+        return
+    import nibabel as nib
+
+    try:
+        proxy = nib.load(str(path)).dataobj  # the file's own offset (the image's header copy says 0)
+        shape, dtype, offset = tuple(proxy.shape), np.dtype(proxy.dtype), int(proxy.offset)
+    except Exception as err:  # nibabel raises several kinds (ImageFileError, EOFError, struct errors...)
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ImageReadError(f"{path}: cannot be read as NIfTI ({text})") from None
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    declared = f"the header declares {'x'.join(map(str, shape))} voxels of {dtype} ({_size(expected)})"
+    if gz and offset + expected > MAX_DEFLATE_RATIO * size + 4096:
+        raise ImageReadError(f"{path}: {declared} but the compressed file has only {_size(size)}; truncated or corrupt")
+    if gz and not full:
+        with path.open("rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            if int.from_bytes(fh.read(4), "little") != (offset + expected) % 2**32:
+                raise ImageReadError(f"{path}: truncated: its gzip trailer does not match what {declared}")
+        return
+    have = (_gunzipped_size(path) if gz else size) - offset
+    if have < expected:
+        raise ImageReadError(f"{path}: truncated: {declared}, the file holds {_size(max(have, 0))} of them")
+
+
 def _read_scalar(path: Path) -> sitk.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -129,8 +193,7 @@ def _read_scalar(path: Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise ImageReadError(f"{path}: cannot be read as an image ({first})") from None
+        raise ImageReadError(f"{path}: cannot be read as an image ({_itk_reason(err)})") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
@@ -191,26 +254,62 @@ def _temporary(path: Path, suffix: str = "") -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
         stale.unlink(missing_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared as any other file would be
+    return fd, tmp
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of writing ``path`` as one that names it (errno and class kept)."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if err.errno in (errno.EEXIST, errno.ENOTDIR) and blocking is not None:  # a file where a folder must be
+            reason = f"{blocking} is a file, not a folder"
+        elif err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            reason += " (disk full, quota or file size limit reached)"
+        message = f"cannot write {path}: {reason}"
+        raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
 
 
 def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
     suffix = next((s for s in IMAGE_SUFFIXES if str(path).lower().endswith(s)), path.suffix)
-    fd, tmp = _temporary(path, suffix)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _writing(path):
+        fd, tmp = _temporary(path, suffix)
+        os.close(fd)
+        try:
+            try:
+                sitk.WriteImage(image, tmp, useCompression=compress)
+            except RuntimeError as err:
+                raise OSError(errno.EIO, f"ITK could not write it ({_itk_reason(err)})") from None
+            try:  # ITK's NIfTI writer ignores failed writes (a full disk): check before the file takes its name
+                check_nifti_data(tmp, full=False)
+            except ImageReadError:
+                raise OSError(errno.EIO, "the written file came out incomplete (disk full?)") from None
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> Path:
     """Write ``array`` with ``geometry`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim != 3:
         raise ValueError(f"write_image expects a 3D array, got shape {array.shape}")
     if array.dtype == np.bool_:
@@ -223,14 +322,15 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write bytes to ``path`` atomically."""
     path = Path(path)
-    fd, tmp = _temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _writing(path):
+        fd, tmp = _temporary(path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,6 +160,32 @@ def forward_flops(config: NetworkConfig, patch_size: Sequence[int]) -> float:
     return total + 2 * ch[0] * config.n_classes * shapes[0].prod()
 
 
+# Float32 tensors autograd keeps for the backward pass, per channel-voxel of the encoder stages and per sample:
+# measured with torch.autograd.graph.saved_tensors_hooks on plain and residual U-Nets of 4 and 5 stages,
+# isotropic and anisotropic (10.3-10.8; tests/unit/test_network.py checks the estimate against the hooks).
+SAVED_PER_CHANNEL_VOXEL = 10.8
+PEAK_OVER_SAVED = 1.3  # the gradients of the activations live beside them during backward
+
+
+def encoder_channel_voxels(config: NetworkConfig, patch_size: Sequence[int]) -> float:
+    """Sum over encoder stages of channels x voxels for one sample."""
+    shape, total = np.asarray(patch_size, dtype=float), 0.0
+    for i in range(config.n_stages):
+        shape = np.ceil(shape / np.asarray(config.strides[i]))
+        total += config.channels[i] * shape.prod()
+    return total
+
+
+def training_memory_bytes(config: NetworkConfig, patch_size: Sequence[int], batch_size: int) -> float:
+    """Estimated peak memory of one training iteration: activations kept for backward (float32), their
+    gradients, and weights with their gradients and two AdamW moments."""
+    activations = (
+        4.0 * SAVED_PER_CHANNEL_VOXEL * PEAK_OVER_SAVED * batch_size * encoder_channel_voxels(config, patch_size)
+    )
+    n_params = sum(p.numel() for p in UNet3D(config).parameters())
+    return activations + 16.0 * n_params
+
+
 def plan_topology(
     patch_size: Sequence[int], spacing_mm: Sequence[float], max_stages: int = 5, min_feature_size: int = 4
 ) -> tuple[list[Triple], list[Triple]]:
@@ -266,12 +293,23 @@ def load_payload(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"model file {path} is empty (0 bytes)")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
-        raise ValueError(
-            f"model file {path} cannot be read safely (corrupt, or not a carve weight file): {err}"
-        ) from err
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met something other than tensors and data
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ValueError(
+                f"model file {path} refused: it holds more than tensors and plain data (it asks for "
+                f"{found.group(1)}), and unpickling it could run code; carve loads only weight files it wrote"
+            ) from None
+        opcode = re.search(r"Unsupported operand (\d+)", str(err))
+        text = f"pickle opcode {opcode.group(1)} is not allowed" if opcode else "not a weights-only pickle"
+        raise ValueError(f"model file {path} cannot be read (corrupt, or not a carve weight file): {text}") from None
+    except Exception as err:  # corrupt zip, truncated stream, not a torch file...: one line, no torch advice
+        text = f"{type(err).__name__}: " + " ".join(str(err).split()).split(". ")[0]
+        raise ValueError(f"model file {path} cannot be read (corrupt, or not a carve weight file): {text}") from None
     if not isinstance(payload, dict):
         raise ValueError(f"model file {path} does not hold a carve model dictionary")
     return payload

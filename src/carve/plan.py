@@ -10,6 +10,7 @@ device, and the network topology. A user may edit ``plans.json`` and rerun: trai
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,64 @@ class PlanError(ValueError):
 class PlanOptions:
     modality: str = "MR"
     channels: tuple[tuple[str, str], ...] = ()  # (name, modality) per input channel; empty: one channel
-    max_patch_voxels: int = 48 * 64 * 48  # CPU default; raise for a GPU
+    max_patch_voxels: int | None = None  # compute budget of a patch; None: by device (CPU 48x64x48, CUDA 128^3)
+    device: str = "cpu"  # the device that trains: cpu, cuda, or auto (CUDA when the planning machine has it)
+    memory_gb: float | None = None  # memory one training job may use; None: a share of the device's memory
     batch_size: int = 2
     base_channels: int = 16
     max_channels: int = 256
     max_stages: int = 5
     target_spacing_mm: tuple[float, float, float] | None = None  # override the fingerprint's choice
     seed: int = 0
+
+
+CPU_PATCH_VOXELS = 48 * 64 * 48  # on a CPU the compute budget, not memory, limits the patch
+CUDA_PATCH_VOXELS = 128**3
+CPU_MEMORY_SHARE = 0.25  # of physical RAM: several jobs may run side by side
+CUDA_MEMORY_SHARE = 0.8  # of the GPU's memory
+
+
+def device_memory_gb(device: str) -> float:
+    """Memory a training job may use on ``device``: a share of the GPU's or of the machine's physical memory
+    (totals, not what is free at this moment, so that the same machine always plans the same)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return CUDA_MEMORY_SHARE * torch.cuda.get_device_properties(0).total_memory / 2**30
+    return CPU_MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def fit_to_memory(
+    median_shape: Sequence[int], spacing: Sequence[float], options: PlanOptions, n_channels: int, n_classes: int
+) -> tuple[tuple[int, int, int], list, list, str, float, float]:
+    """The largest patch within the compute budget whose training iteration fits the device's memory.
+
+    Returns (patch, strides, kernels, device, memory budget GiB, estimated GiB)."""
+    from carve.network import NetworkConfig, fit_patch_size, plan_topology, training_memory_bytes
+
+    device = options.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    max_voxels = options.max_patch_voxels or (CUDA_PATCH_VOXELS if cuda else CPU_PATCH_VOXELS)
+    budget_gb = options.memory_gb if options.memory_gb is not None else device_memory_gb(device)
+    while True:
+        patch = fit_patch_size(median_shape, spacing, max_voxels, max_stages=options.max_stages)
+        strides, kernels = plan_topology(patch, spacing, max_stages=options.max_stages)
+        net = NetworkConfig(n_channels, n_classes, options.base_channels, options.max_channels, strides, kernels)
+        need_gb = training_memory_bytes(net, patch, options.batch_size) / 2**30
+        if need_gb <= budget_gb or max_voxels <= 512:
+            break
+        max_voxels = int(max_voxels * 0.8)
+    if need_gb > budget_gb:
+        raise PlanError(
+            f"even a {patch} patch at batch {options.batch_size} needs {need_gb:.2f} GiB, more than the "
+            f"{budget_gb:.2f} GiB for training on {device}; lower plan.batch_size or plan.base_channels, "
+            "or raise plan.memory_gb"
+        )
+    return patch, strides, kernels, device, budget_gb, need_gb
 
 
 def fingerprint(images: Sequence[Path], labels: Sequence[Path], seed: int = 0) -> dict:
@@ -102,13 +154,9 @@ def choose_target_spacing(spacings_mm: Sequence[Sequence[float]]) -> tuple[float
 
 
 def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions) -> dict:
-    from carve.network import fit_patch_size, plan_topology
-
     spacing = options.target_spacing_mm or choose_target_spacing(fp["spacings_mm"])
     resampled = [target_shape(sh, sp, spacing) for sh, sp in zip(fp["shapes_vox"], fp["spacings_mm"], strict=True)]
     median_shape = tuple(int(v) for v in np.median(np.asarray(resampled), axis=0))
-    patch = fit_patch_size(median_shape, spacing, options.max_patch_voxels)
-    strides, kernels = plan_topology(patch, spacing, max_stages=options.max_stages)
     modality = options.modality.upper()
     stats = fp["foreground_intensity"]
     channels = [(n, (m or modality).upper()) for n, m in options.channels] or [("image", modality)]
@@ -117,6 +165,9 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
     values = sorted(int(v) for v in label_names)
     if values != list(range(1, len(values) + 1)):
         raise PlanError(f"label values must be 1..N without gaps, got {values}")
+    patch, strides, kernels, device, budget_gb, need_gb = fit_to_memory(
+        median_shape, spacing, options, len(channels), len(values) + 1
+    )
     return {
         "plans_version": PLANS_VERSION,
         "carve_version": carve.__version__,
@@ -128,6 +179,7 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
         "median_shape_vox": list(median_shape),
         "patch_size": [int(p) for p in patch],
         "batch_size": int(options.batch_size),
+        "memory": {"device": device, "budget_gib": round(budget_gb, 1), "estimated_gib": round(need_gb, 2)},
         "network": {
             "base_channels": int(options.base_channels),
             "max_channels": int(options.max_channels),

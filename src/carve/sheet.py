@@ -11,7 +11,10 @@ row, the case and the column, before any job runs.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,23 @@ REQUIRED_COLUMNS = ("case", "image", "label", "role")
 ROLES = ("train", "test")
 # A case id becomes a file name: keep it to a safe, portable set (no spaces, slashes, '..', shell syntax).
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# carve appends these to case ids (uncertainty/{case}.tsv beside the folder uncertainty/{case}/): an id ending in one
+# would clash with another id's files ('b' and 'b.tsv')
+OUTPUT_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".gz",
+    ".tsv",
+    ".json",
+    ".npz",
+    ".png",
+    ".log",
+    ".stl",
+    ".obj",
+    ".ply",
+    ".glb",
+    ".pt",
+)
 
 
 class SheetError(ValueError):
@@ -60,6 +80,9 @@ def check_case_id(case: str) -> str | None:
         )
     if ".." in case:
         return "case id must not contain '..'"
+    if case.lower().endswith(OUTPUT_SUFFIXES):
+        suffix = next(s for s in OUTPUT_SUFFIXES if case.lower().endswith(s))
+        return f"case id must not end in a file extension ('{suffix}'): carve appends its own to case ids"
     return None
 
 
@@ -73,31 +96,64 @@ def load_sheet(path: str | Path, channels: Sequence[str] = ()) -> list[Case]:
     if not path.is_file():
         raise SheetError(f"{path}: cases sheet not found")
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte order mark is not part of 'case'
+    except UnicodeDecodeError as err:
+        raise SheetError(f"{path}: is not UTF-8 text ({err}); save the sheet as UTF-8") from None
+    if not text.strip():
+        raise SheetError(
+            f"{path}: the sheet is empty; it needs a header row: {', '.join(REQUIRED_COLUMNS)} (tab-separated)"
+        )
+    records = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    n_columns = len(records[0])
+    wide = [(i, len(r)) for i, r in enumerate(records[1:], start=2) if any(f.strip() for f in r[n_columns:])]
+    if wide:  # pandas would take the first column for an index and shift every value by one
+        raise SheetError(
+            "problems in the cases sheet:\n"
+            + "\n".join(f"{path}: row {i}: {n} fields, the header has {n_columns} (a stray tab?)" for i, n in wide)
+        )
+    try:
+        with warnings.catch_warnings():  # fields past the header's are empty here (checked above): drop them quietly
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, comment=None, index_col=False
+            )
+    except pd.errors.ParserError as err:
         raise SheetError(f"{path}: cannot be read as a tab-separated sheet ({err})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
+        hint = (
+            "; it looks comma-separated, carve reads tab-separated sheets"
+            if len(df.columns) == 1 and "," in str(df.columns[0])
+            else ""
+        )
         raise SheetError(
             f"{path}: missing column(s) {', '.join(missing)}; a cases sheet needs {', '.join(REQUIRED_COLUMNS)} "
-            f"(found {', '.join(map(str, df.columns)) or 'none'})"
+            f"(found {', '.join(map(str, df.columns)) or 'none'}){hint}"
         )
     base = path.parent  # relative sheet -> paths relative to the working directory: a moved run stays valid
     problems: list[str] = []
     cases: list[Case] = []
     seen: dict[str, int] = {}
+    folded: dict[str, tuple[str, int]] = {}  # lower-case id -> first id and row: one file on case-blind file systems
     for i, row in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
         where = f"{path}: row {i}"
         case = str(row["case"]).strip()
         if _blank(case):
             problems.append(f"{where}: empty case id")
             continue
-        where = f"{where}, case '{case}'"
+        where = f"{where}, case '{case if case.isprintable() else case.encode('unicode_escape').decode()}'"
         if (msg := check_case_id(case)) is not None:
             problems.append(f"{where}: {msg}")
         if case in seen:
             problems.append(f"{where}: duplicate case id (first on row {seen[case]})")
+        elif case.lower() in folded:
+            other, row_other = folded[case.lower()]
+            problems.append(
+                f"{where}: case id differs from '{other}' (row {row_other}) only in upper/lower case; their files "
+                "would overwrite each other on case-insensitive file systems (macOS, Windows)"
+            )
         seen.setdefault(case, i)
+        folded.setdefault(case.lower(), (case, i))
         role = str(row["role"]).strip()
         if role not in ROLES:
             problems.append(f"{where}: role must be one of {', '.join(ROLES)}, got '{role}'")

@@ -76,3 +76,10 @@ def test_bad_label_map(data):
     rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {0: "background"}, "folds": 2})
     assert out.returncode != 0 and "labels" in out.stdout
+
+
+def test_duplicate_label_names(data):
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in "abc"]
+    out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "organ", 2: "organ"}, "folds": 3})
+    assert out.returncode != 0
+    assert "config labels: names must be unique" in out.stdout

@@ -89,3 +89,16 @@ def test_stale_temporary_of_a_killed_writer_is_removed(tmp_path, oblique_geometr
     write_image(tmp_path / "image.nii.gz", np.zeros((2, 3, 4), np.uint8), oblique_geometry)
     atomic_write_text(tmp_path / "notes.txt", "done")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.nii.gz.abc.nii.gz", "image.nii.gz", "notes.txt"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, oblique_geometry):
+    import os
+
+    from carve.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_image(tmp_path / "image.nii.gz", np.zeros((2, 3, 4), np.uint8), oblique_geometry)
+    atomic_write_text(tmp_path / "notes.txt", "done")
+    for name in ("image.nii.gz", "notes.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -154,3 +154,34 @@ def test_load_model_errors_name_the_file(tmp_path) -> None:
     torch.save({**payload, "network": {**payload["network"], "base_channels": 8}}, old)
     with pytest.raises(ValueError, match="old.pt.*does not match"):
         load_model(old)
+
+
+@pytest.mark.parametrize(
+    "config, patch",
+    [
+        (NetworkConfig(), (32, 48, 32)),
+        (NetworkConfig(residual=True, base_channels=8), (24, 32, 32)),
+        (
+            NetworkConfig(strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3))),
+            (8, 32, 32),
+        ),
+    ],
+)
+def test_training_memory_estimate_covers_what_autograd_keeps(config, patch):
+    from carve.network import PEAK_OVER_SAVED, training_memory_bytes
+
+    model = UNet3D(config).train()
+    saved, seen = [0], set()
+
+    def pack(t):
+        if (t.data_ptr(), t.numel()) not in seen:
+            seen.add((t.data_ptr(), t.numel()))
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(2, config.in_channels, *patch))
+    n_params = sum(p.numel() for p in model.parameters())
+    estimate = training_memory_bytes(config, patch, batch_size=2)
+    measured = saved[0] * PEAK_OVER_SAVED + 16 * n_params
+    assert 0.85 * measured <= estimate <= 1.25 * measured

@@ -68,3 +68,26 @@ def test_plans_with_gaps_in_labels_or_old_version_refused(tmp_path):
         load_plans(path)
     path.write_text(json.dumps(plans))
     assert load_plans(path)["channels"] == [{"name": "image", "modality": "MR"}]
+
+
+def test_patch_fitted_to_device_memory(tmp_path):
+    from carve.network import NetworkConfig, training_memory_bytes
+
+    rng = np.random.default_rng(0)
+    pairs = [_case(tmp_path, f"c{i}", (1.0, 1.0, 1.0), rng, shape=(96, 96, 96)) for i in range(2)]
+    fp = fingerprint([p[0] for p in pairs], [p[1] for p in pairs])
+    roomy = make_plans(fp, LABELS, PlanOptions(max_patch_voxels=64**3, memory_gb=64.0))
+    tight = make_plans(fp, LABELS, PlanOptions(max_patch_voxels=64**3, memory_gb=0.5))
+    assert np.prod(roomy["patch_size"]) > np.prod(tight["patch_size"])
+    for plans, budget in ((roomy, 64.0), (tight, 0.5)):
+        net = plans["network"]
+        config = NetworkConfig(1, 2, net["base_channels"], net["max_channels"], net["strides"], net["kernel_sizes"])
+        need = training_memory_bytes(config, plans["patch_size"], plans["batch_size"]) / 2**30
+        assert need <= budget and plans["memory"]["budget_gib"] == budget
+        assert plans["memory"]["estimated_gib"] == pytest.approx(need, abs=0.01)
+    assert roomy["memory"]["device"] == "cpu" and np.prod(roomy["patch_size"]) <= 64**3
+    with pytest.raises(PlanError, match="needs .* GiB, more than the 0.00 GiB for training on cpu"):
+        make_plans(fp, LABELS, PlanOptions(memory_gb=0.001, base_channels=32, batch_size=8))
+    # the CPU default: the compute budget, whatever the memory
+    default = make_plans(fp, LABELS, PlanOptions())
+    assert np.prod(default["patch_size"]) <= 48 * 64 * 48 and default["memory"]["budget_gib"] > 0

@@ -12,6 +12,7 @@ options = PlanOptions(
     modality=snakemake.params.modality,
     channels=tuple((str(n), m) for n, m in snakemake.params.channels),
     seed=int(snakemake.params.seed),
+    device=snakemake.params.device,
     **snakemake.params.plan,
 )
 run_step(
