@@ -15,10 +15,13 @@ include: "rules/convert.smk"
 include: "rules/plan.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
+include: "rules/assess.smk"
 include: "rules/evaluate.smk"
 include: "rules/mesh.smk"
 include: "rules/dicom.smk"
 include: "rules/report.smk"
+include: "rules/learning_curve.smk"
+include: "rules/bundle.smk"
 include: "rules/provenance.smk"
 
 

@@ -8,9 +8,35 @@ import pandas as pd
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from carve.sheet import SheetError, check_folds, load_sheet  # noqa: E402
+from carve.bundle import BundleError, load_bundle  # noqa: E402
+from carve.sheet import SheetError, cases_from_folder, check_folds, load_sheet  # noqa: E402
 from carve.demo import demo_cases  # noqa: E402
+from carve.learning_curve import LearningCurveOptions, usable_sizes  # noqa: E402
 
+
+
+def _load_bundle():
+    """Inference mode: `bundle` names a trained model folder; its labels and channels are the run's."""
+    if not config.get("bundle"):
+        return None
+    try:
+        bundle = load_bundle(config["bundle"])
+    except BundleError as err:
+        raise WorkflowError(str(err)) from None
+    given = {int(k): str(v) for k, v in (config.get("labels") or {}).items()}
+    if given and given != bundle.labels:
+        raise WorkflowError(f"config labels {given} differ from those of {config['bundle']}: {bundle.labels}")
+    config["labels"] = bundle.labels
+    if not config.get("channels") and bundle.channels != ("image",):
+        config["channels"] = [{"name": n} for n in bundle.channels]
+    names = tuple(c["name"] for c in config.get("channels") or [{"name": "image"}])
+    if names != bundle.channels:
+        raise WorkflowError(f"config channels {list(names)} differ from those of {config['bundle']}: {list(bundle.channels)}")
+    return bundle
+
+
+BUNDLE = _load_bundle()
+USER_PREDICT = dict(config.get("predict") or {})  # before the schema fills in defaults
 # YAML gives integer keys for `labels: {1: name}`; JSON schemas speak of string keys.
 config["labels"] = {str(k): v for k, v in config.get("labels", {}).items()}
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
@@ -18,6 +44,8 @@ validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 R = config["results"].rstrip("/")
 CHANNELS = [c["name"] for c in config["channels"] or []]
 LABELS = {int(k): v for k, v in config["labels"].items()}
+if len(set(LABELS.values())) != len(LABELS):
+    raise WorkflowError(f"config labels: names must be unique (they name files and columns), got {LABELS}")
 DEMO = config.get("demo")
 
 
@@ -26,11 +54,24 @@ def _load_cases():
     if DEMO is not None:
         return demo_cases(sheet, DEMO.get("n_train", 8), DEMO.get("n_test", 2))
     try:
+        if BUNDLE is not None:
+            return _inference_cases(sheet)
         cases = load_sheet(sheet, CHANNELS)
         validate(pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False), "../workflow/schemas/cases.schema.yaml")
         check_folds(cases, config["folds"], sheet)
     except SheetError as err:
         raise WorkflowError(str(err)) from None
+    return cases
+
+
+def _inference_cases(source):
+    """With a bundle: a folder of new scans, or a sheet whose cases are all predicted (role test)."""
+    if source.is_dir():
+        return cases_from_folder(source)
+    cases = load_sheet(source, CHANNELS)
+    trained = [c.case for c in cases if c.role == "train"]
+    if trained:
+        raise SheetError(f"{source}: with a bundle every case is predicted; role 'train' on {', '.join(trained)}")
     return cases
 
 
@@ -97,7 +138,25 @@ def converted_label(case):
 
 
 def fold_models():
+    if BUNDLE is not None:
+        return [str(p) for p in BUNDLE.models]
     return expand(f"{R}/models/fold_{{fold}}/model.pt", fold=FOLDS)
+
+
+def plans_file():
+    return str(BUNDLE.plans) if BUNDLE is not None else f"{R}/plans.json"
+
+
+def postprocessing_file():
+    return str(BUNDLE.postprocessing) if BUNDLE is not None else f"{R}/postprocessing.json"
+
+
+def manifest_sources():
+    """The run's inputs: every case's image and label, and with a bundle its files."""
+    sources = [str(c.image) for c in CASES.values()] + [str(c.label) for c in CASES.values() if c.has_label]
+    if BUNDLE is not None:
+        sources += [str(BUNDLE.root / "bundle.json"), plans_file(), postprocessing_file(), *fold_models()]
+    return sources
 
 
 def segmentation(case):
@@ -107,6 +166,35 @@ def segmentation(case):
 
 def segmentation_of(wildcards):
     return segmentation(wildcards.case)
+
+
+def raw_segmentation(case):
+    """The prediction of a case before postprocessing (rules/predict.smk)."""
+    return f"{R}/cv_raw/{case}.nii.gz" if CASES[case].role == "train" else f"{R}/predictions_raw/{case}.nii.gz"
+
+
+def uncertainty_maps(case):
+    """The voxel maps of a case beside its entropy map (names as carve.predict.map_names writes them)."""
+    names = ["mutual_information", "confidence"] + [f"std_{LABELS[k]}" for k in sorted(LABELS)]
+    return [f"{R}/uncertainty/{case}/{name}.nii.gz" for name in names]
+
+
+def predict_options():
+    """The `predict` keys that change predictions (not the review keys, which only rank the cases); with a
+    bundle, the options it was evaluated with unless the config sets them."""
+    options = {**BUNDLE.predict, **USER_PREDICT} if BUNDLE is not None else config["predict"]
+    return {k: v for k, v in options.items() if not k.startswith("review_")}
+
+
+ASSESSMENT_FILES = (
+    "postprocessing.json",
+    "assessment/calibration.tsv",
+    "assessment/reliability.tsv",
+    "assessment/error_overlap.tsv",
+    "assessment/score_correlation.tsv",
+    "assessment/review.tsv",
+    "report/reliability.png",
+)
 
 
 def evaluation_set(wildcards):
@@ -141,6 +229,41 @@ def train_params():
     return dict(config.get("train", {}))
 
 
+def _learning_curve():
+    """The `learning_curve` block with only the sizes that leave a training case held out; None when off."""
+    from dataclasses import replace
+
+    from snakemake.logging import logger
+
+    options = LearningCurveOptions.from_config(config.get("learning_curve"))
+    if options is None:
+        return None
+    try:
+        kept, dropped = usable_sizes(options.sizes, len(TRAIN))
+    except ValueError as err:
+        raise WorkflowError(str(err)) from None
+    if dropped:
+        logger.warning(f"learning_curve: size(s) {list(dropped)} dropped: {len(TRAIN)} training cases allow at most {len(TRAIN) - 1}")
+    return replace(options, sizes=kept)
+
+
+LEARNING_CURVE = _learning_curve()
+LEARNING_CURVE_FILES = ("learning_curve/learning_curve.tsv", "learning_curve/summary.tsv", "report/learning_curve.png")
+
+
+def learning_curve_sizes():
+    """The learning curve's sizes that fit the training cases (empty when the mode is off)."""
+    return [] if LEARNING_CURVE is None else list(LEARNING_CURVE.sizes)
+
+
+def learning_curve_tables():
+    """The per-model metrics tables of the learning curve, one per size and draw (none when the mode is off)."""
+    if LEARNING_CURVE is None:
+        return []
+    runs = [(n, d) for n in LEARNING_CURVE.sizes for d in range(LEARNING_CURVE.draws)]
+    return [f"{R}/learning_curve/n{n}_draw{d}/metrics.tsv" for n, d in runs]
+
+
 REPORT_FILES = (
     "seeds_table.html",
     "metrics_boxplots.png",
@@ -151,12 +274,32 @@ REPORT_FILES = (
 )
 
 
+def inference_outputs(manifest=True):
+    """With a bundle: labels, uncertainty, meshes and DICOM-SEG of every case; metrics where a label is given."""
+    out = [segmentation(c) for c in CASES]
+    out += [f"{R}/uncertainty/{c}.nii.gz" for c in CASES]
+    out += [m for c in CASES for m in uncertainty_maps(c)]
+    out += [f"{R}/meshes/{c}" for c in CASES]
+    dicom_tests = [c for c in TEST if CASES[c].image.is_dir()]
+    out += [f"{R}/dicom/{c}/segmentation.seg.dcm" for c in dicom_tests]
+    if config["dicom"].get("rtstruct"):
+        out += [f"{R}/dicom/{c}/structures.rtstruct.dcm" for c in dicom_tests]
+    out += [f"{R}/metrics/cases/{c}.tsv" for c in LABELLED_TEST]
+    if manifest:
+        out.append(f"{R}/manifest.json")
+    return out
+
+
 def all_outputs(manifest=True):
     """Every final output of a run; with ``manifest`` also manifest.json, which records all the others."""
-    out = [f"{R}/plans.json", f"{R}/splits.json", f"{R}/metrics/cases.tsv", f"{R}/metrics/summary.tsv"]
+    if BUNDLE is not None:
+        return inference_outputs(manifest)
+    out = [f"{R}/bundle", f"{R}/plans.json", f"{R}/splits.json", f"{R}/metrics/cases.tsv", f"{R}/metrics/summary.tsv"]
     out += fold_models()
     out += [segmentation(c) for c in CASES]
     out += [f"{R}/uncertainty/{c}.nii.gz" for c in CASES]
+    out += [m for c in CASES for m in uncertainty_maps(c)]
+    out += [f"{R}/{name}" for name in ASSESSMENT_FILES]
     out += [f"{R}/meshes/{c}" for c in CASES]
     dicom_tests = [c for c in TEST if CASES[c].image.is_dir() or DEMO is not None]
     out += [f"{R}/dicom/{c}/segmentation.seg.dcm" for c in dicom_tests]
@@ -165,6 +308,8 @@ def all_outputs(manifest=True):
     out += [f"{R}/metrics/seeds_table.tsv", f"{R}/metrics/uncertainty_correlation.tsv"]
     out += [f"{R}/report/{name}" for name in REPORT_FILES]
     out += [f"{R}/report/previews/{c}.png" for c in CASES]
+    if LEARNING_CURVE is not None:
+        out += [f"{R}/{name}" for name in LEARNING_CURVE_FILES]
     if manifest:
         out.append(f"{R}/manifest.json")
     return out

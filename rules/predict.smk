@@ -1,18 +1,27 @@
+# Prediction: the fold ensemble for test cases, the held-out fold for training cases (carve.predict); both write
+# the raw labels (the argmax of the members' mean probabilities) and the uncertainty maps on the case's own grid.
+# Postprocessing (carve.postprocess) is decided once from the raw cross-validation predictions and their
+# references, then applied alike to every raw prediction: predictions/ and cv/ hold the postprocessed labels
+# that are evaluated, meshed and exported; predictions_raw/ and cv_raw/ keep the raw ones (the decision and the
+# uncertainty assessment use those, so that neither is judged on its own output).
+
+
 rule predict:
     input:
         image=f"{R}/nifti/{{test_case}}/image.nii.gz",
-        plans=f"{R}/plans.json",
+        plans=plans_file(),
         models=fold_models(),
     output:
-        labels=f"{R}/predictions/{{test_case}}.nii.gz",
+        labels=f"{R}/predictions_raw/{{test_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{test_case}}.nii.gz",
         scores=f"{R}/uncertainty/{{test_case}}.tsv",
+        maps=uncertainty_maps("{test_case}"),
     log:
         f"{R}/logs/predict/{{test_case}}.log",
     benchmark:
         f"{R}/benchmarks/predict/{{test_case}}.tsv"
     params:
-        predict=config["predict"],
+        predict=predict_options(),
         device=config["device"],
     threads: config["threads"]
     resources:
@@ -31,15 +40,16 @@ rule predict_cv:
         splits=f"{R}/splits.json",
         models=fold_models(),
     output:
-        labels=f"{R}/cv/{{train_case}}.nii.gz",
+        labels=f"{R}/cv_raw/{{train_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{train_case}}.nii.gz",
         scores=f"{R}/uncertainty/{{train_case}}.tsv",
+        maps=uncertainty_maps("{train_case}"),
     log:
         f"{R}/logs/predict_cv/{{train_case}}.log",
     benchmark:
         f"{R}/benchmarks/predict_cv/{{train_case}}.tsv"
     params:
-        predict=config["predict"],
+        predict=predict_options(),
         device=config["device"],
     threads: config["threads"]
     resources:
@@ -49,3 +59,66 @@ rule predict_cv:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/predict_cv.py"
+
+
+rule decide_postprocessing:
+    input:
+        predictions=[raw_segmentation(c) for c in TRAIN],
+        references=[converted_label(c) for c in TRAIN],
+    output:
+        decision=f"{R}/postprocessing.json",
+    log:
+        f"{R}/logs/decide_postprocessing/decide_postprocessing.log",
+    benchmark:
+        f"{R}/benchmarks/decide_postprocessing/decide_postprocessing.tsv"
+    params:
+        labels=LABELS,
+        postprocess=config["postprocess"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/decide_postprocessing.py"
+
+
+rule postprocess:
+    input:
+        prediction=f"{R}/predictions_raw/{{test_case}}.nii.gz",
+        decision=postprocessing_file(),
+    output:
+        labels=f"{R}/predictions/{{test_case}}.nii.gz",
+    log:
+        f"{R}/logs/postprocess/{{test_case}}.log",
+    benchmark:
+        f"{R}/benchmarks/postprocess/{{test_case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/postprocess.py"
+
+
+rule postprocess_cv:
+    input:
+        prediction=f"{R}/cv_raw/{{train_case}}.nii.gz",
+        decision=f"{R}/postprocessing.json",
+    output:
+        labels=f"{R}/cv/{{train_case}}.nii.gz",
+    log:
+        f"{R}/logs/postprocess_cv/{{train_case}}.log",
+    benchmark:
+        f"{R}/benchmarks/postprocess_cv/{{train_case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/postprocess_cv.py"

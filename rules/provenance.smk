@@ -6,7 +6,7 @@ rule write_manifest:
     input:
         outputs=all_outputs(manifest=False),
         sheet=config["cases"],
-        sources=[str(c.image) for c in CASES.values()] + [str(c.label) for c in CASES.values() if c.has_label],
+        sources=manifest_sources(),
     output:
         manifest=f"{R}/manifest.json",
     log:

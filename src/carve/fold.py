@@ -106,6 +106,9 @@ def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
         overlap=float(options.get("overlap", 0.5)),
         mirror_axes=tuple(int(a) for a in options.get("mirror_axes", (0, 1, 2))),
         batch_windows=int(options.get("batch_windows", 2)),
+        projections=int(options.get("projections", 0)),
+        projection_gamma=float(options.get("projection_gamma", 1.25)),
+        half_precision=bool(options.get("half_precision", False)),
     )
 
 
@@ -114,15 +117,36 @@ def predict_with_models(
     image_path: Path,
     plans_path: Path,
     model_paths: Sequence[Path],
-    outputs: tuple[Path, Path, Path],
+    outputs: Sequence[Path],
     predict_options: Mapping[str, Any],
     device: str = "auto",
     threads: int = 1,
+    postprocessing_path: Path | None = None,
 ) -> dict[str, float]:
-    """Fold-ensemble prediction of a case; ``outputs`` are (labels, uncertainty map, scores TSV)."""
+    """Fold-ensemble prediction of a case; ``outputs`` are (labels, entropy map, scores TSV[, maps folder]),
+    see :class:`carve.predict.PredictOutputs`. With ``postprocessing_path`` (a ``postprocessing.json``) the
+    written labels are postprocessed."""
+    from carve.postprocess import load_postprocessing
+
+    if len(outputs) not in (3, 4):
+        raise ValueError(f"outputs are (labels, entropy, scores[, maps folder]), got {len(outputs)} path(s)")
+    labels, entropy, scores, *maps = (Path(p) for p in outputs)
     plans = load_plans(plans_path)
+    postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path is not None else None
+    options = _predict_options(predict_options)
     return predict_case(
-        case, image_path, model_paths, plans, *outputs, _predict_options(predict_options), device, threads
+        case,
+        image_path,
+        model_paths,
+        plans,
+        labels,
+        entropy,
+        scores,
+        options,
+        device,
+        threads,
+        postprocessing,
+        out_maps=maps[0] if maps else None,
     )
 
 
@@ -132,12 +156,12 @@ def predict_held_out(
     plans_path: Path,
     splits_path: Path,
     model_paths: Sequence[Path],
-    outputs: tuple[Path, Path, Path],
+    outputs: Sequence[Path],
     predict_options: Mapping[str, Any],
     device: str = "auto",
     threads: int = 1,
 ) -> dict[str, float]:
-    """Cross-validation prediction of a training case by the one fold that did not see it."""
+    """Cross-validation prediction of a training case by the one fold that did not see it (raw labels)."""
     fold = fold_of(case, load_splits(splits_path))
     model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
     if len(model) != 1:

@@ -1,7 +1,9 @@
 """Sliding-window ensemble inference with Gaussian-weighted fusion and test-time mirroring.
 
 An *ensemble member* is one model under one mirror combination (a subset of ``mirror_axes``; the empty
-subset is the plain prediction), so ``n_members = len(models) * 2 ** len(mirror_axes)``. For each member
+subset is the plain prediction) on one view of the image: the image itself, or one of ``projections``
+(smooth invertible re-projections, :mod:`carve.projection`, whose member probabilities are mapped back before
+they are counted), so ``n_members = len(models) * 2 ** len(mirror_axes) * (1 + len(projections))``. For each member
 the volume is tiled with overlapping windows (:func:`window_starts`); each window's softmax is weighted by
 a Gaussian importance map (:func:`gaussian_importance`, larger weight at the patch centre where the network
 sees the most context) and accumulated in place; dividing by the summed weights gives the member's
@@ -28,6 +30,7 @@ import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -44,6 +47,18 @@ class EnsembleResult:
     mean_entropy: np.ndarray  # (z, y, x) float32, nats: mean over members of each member's entropy
     std: np.ndarray  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
     n_members: int
+
+
+class Projection(Protocol):
+    """A re-projection of the image (see :class:`carve.projection.RadialWarp`)."""
+
+    def project(self, image: np.ndarray) -> np.ndarray:
+        """The projected ``(C, z, y, x)`` image, same shape."""
+        ...
+
+    def unproject_(self, probabilities: np.ndarray) -> None:
+        """Map ``(n_classes, z, y, x)`` probabilities of the projected image back, in place."""
+        ...
 
 
 def _as_shape3(values: Sequence[int], name: str) -> Shape3:
@@ -169,6 +184,26 @@ def _predict_member(
             out[(slice(None), *sl)] += probabilities[i]
 
 
+def _add_entropy(member: torch.Tensor, entropy_sum: torch.Tensor, slab_voxels: int = 1 << 22) -> None:
+    """``entropy_sum += sum_c entr(member[c])``, slab by slab along z so that temporaries stay small."""
+    step = max(1, slab_voxels // max(1, member.shape[2] * member.shape[3]))
+    for z0 in range(0, member.shape[1], step):
+        part = entropy_sum[z0 : z0 + step]
+        for c in range(member.shape[0]):
+            part += torch.special.entr(member[c, z0 : z0 + step])
+
+
+def _unproject(view: Projection, member: torch.Tensor, crop: tuple) -> None:
+    """Map one member's probabilities (the image's part of the padded volume) back through ``view``."""
+    region = member[(slice(None), *crop)]
+    if region.device.type == "cpu" and region.dtype == torch.float32:
+        view.unproject_(region.numpy())  # shares memory with the tensor
+        return
+    values = region.float().cpu().numpy()
+    view.unproject_(values)
+    region.copy_(torch.from_numpy(values))
+
+
 @torch.inference_mode()
 def sliding_window_probabilities(
     models: Sequence[nn.Module],
@@ -185,6 +220,7 @@ def sliding_window_probabilities(
     half_precision_output: bool = False,
     pad_value: float | None = None,
     sigma_scale: float = 1.0 / 8.0,
+    projections: Sequence[Projection] = (),
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -192,8 +228,15 @@ def sliding_window_probabilities(
     ``batch_windows`` under ``torch.inference_mode()``, with bf16 (or fp16) autocast on CUDA when
     ``mixed_precision`` (never on CPU); softmax is always taken in float32. Accumulators live on ``device``
     in ``accumulate_dtype``. ``half_precision_output`` returns ``mean_probabilities`` and ``std`` as float16
-    to bound memory. ``pad_value=None`` pads small volumes with each channel's minimum. See the module
-    docstring for the definitions of the returned statistics.
+    to bound memory. ``pad_value=None`` pads small volumes with each channel's minimum. Every projection in
+    ``projections`` adds a view of the image: it is projected once, every model and mirroring predicts it, and
+    each member's probabilities are unprojected before they join the statistics. See the module docstring for
+    the definitions of the returned statistics.
+
+    Memory beyond the image: three ``n_classes x volume`` buffers (the member being predicted, the running
+    mean and the running sum of squared deviations) and two volumes (summed window weights and entropy), all
+    in ``accumulate_dtype``; with projections, one projected copy of the image and one float32 volume while a
+    member is unprojected.
     """
     if not models:
         raise ValueError("sliding_window_probabilities needs at least one model")
@@ -210,10 +253,9 @@ def sliding_window_probabilities(
     combos = _mirror_combinations(mirror_axes)
     device = torch.device(device)
 
-    padded, crop = _pad_image(image.astype(np.float32, copy=False), patch, pad_value)
-    volume = padded.shape[1:]
+    image = image.astype(np.float32, copy=False)
+    volume = tuple(max(s, p) for s, p in zip(image.shape[1:], patch, strict=True))
     starts = window_starts(volume, patch, overlap)
-    image_t = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
     gaussian = torch.from_numpy(gaussian_importance(patch, sigma_scale)).to(device)
 
     kw = {"device": device, "dtype": accumulate_dtype}
@@ -226,24 +268,33 @@ def sliding_window_probabilities(
     sq_dev_sum = torch.zeros((n_classes, *volume), **kw)  # Welford's M2
     entropy_sum = torch.zeros(volume, **kw)
 
+    models = [model.to(device).eval() for model in models]
     n_members = 0
-    for model in models:
-        model = model.to(device).eval()
-        for combo in combos:
-            flip_dims = tuple(a + 2 for a in combo)
-            _predict_member(model, flip_dims, image_t, starts, patch, gaussian, member, batch_windows, mixed_precision)
-            member /= weight_sum
-            n_members += 1
-            for c in range(n_classes):
-                entropy_sum += torch.special.entr(member[c])
-            member -= mean  # member now holds delta = p - old mean
-            mean.add_(member, alpha=1.0 / n_members)
-            sq_dev_sum.addcmul_(member, member, value=(n_members - 1) / n_members)  # delta * (p - new mean)
+    crop: tuple = ()
+    for view in (None, *projections):
+        padded, crop = _pad_image(image if view is None else view.project(image), patch, pad_value)
+        image_t = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
+        del padded
+        for model in models:
+            for combo in combos:
+                flip_dims = tuple(a + 2 for a in combo)
+                _predict_member(
+                    model, flip_dims, image_t, starts, patch, gaussian, member, batch_windows, mixed_precision
+                )
+                member /= weight_sum
+                if view is not None:
+                    _unproject(view, member, crop)
+                n_members += 1
+                _add_entropy(member, entropy_sum)
+                member -= mean  # member now holds delta = p - old mean
+                mean.add_(member, alpha=1.0 / n_members)
+                sq_dev_sum.addcmul_(member, member, value=(n_members - 1) / n_members)  # delta * (p - new mean)
+        del image_t
 
     sq_dev_sum /= n_members
     std = sq_dev_sum.clamp_(min=0).sqrt_()
     entropy_sum /= n_members
-    del member, weight_sum, image_t
+    del member, weight_sum
 
     out_dtype = torch.float16 if half_precision_output else torch.float32
     full = (slice(None), *crop)

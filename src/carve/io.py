@@ -284,6 +284,14 @@ def _writing(path: Path) -> Iterator[None]:
         raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
 
 
+def _check_written(path: Path) -> None:
+    """The quick check of a just-written NIfTI (gzip trailer); only if it objects, the full count decides."""
+    try:
+        check_nifti_data(path, full=False)
+    except ImageReadError:
+        check_nifti_data(path, full=True)
+
+
 def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
     suffix = next((s for s in IMAGE_SUFFIXES if str(path).lower().endswith(s)), path.suffix)
     with _writing(path):
@@ -295,9 +303,9 @@ def _atomic_sitk_write(path: Path, image: sitk.Image, compress: bool) -> Path:
             except RuntimeError as err:
                 raise OSError(errno.EIO, f"ITK could not write it ({_itk_reason(err)})") from None
             try:  # ITK's NIfTI writer ignores failed writes (a full disk): check before the file takes its name
-                check_nifti_data(tmp, full=False)
-            except ImageReadError:
-                raise OSError(errno.EIO, "the written file came out incomplete (disk full?)") from None
+                _check_written(Path(tmp))
+            except ImageReadError as err:
+                raise OSError(errno.EIO, f"the written file came out incomplete (disk full?): {err}") from None
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

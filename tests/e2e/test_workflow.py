@@ -99,6 +99,22 @@ def test_meshes_are_watertight_and_in_world_coordinates(run):
     for case_dir in (r / "meshes").iterdir():
         table = pd.read_csv(case_dir / "meshes.tsv", sep="\t")
         assert set(table["label"]) == {"organ", "lobe"}
+        # mesh quality and uncertainty colours (config: format [stl, glb], uncertainty_colour on by default)
+        table["file"] = table["file"].fillna("")
+        for _, row in table.iterrows():
+            if not row["file"]:
+                assert "absent" in row["note"] and not list(case_dir.glob(f"{row['label']}.*")), case_dir
+                continue
+            assert row["file"] == f"{row['label']}.stl;{row['label']}.glb"
+            assert row["watertight"] and row["edge_manifold"] and row["printable"], (case_dir, row["label"])
+            assert 0.0 <= row["hd95_mm"] <= row["hausdorff_mm"] and 0.0 <= row["uncertainty_mean"] <= 1.0
+            assert (case_dir / f"{row['label']}.glb").is_file()
+            stl = trimesh.load(case_dir / f"{row['label']}.stl", force="mesh")
+            ply = trimesh.load(case_dir / "uncertainty" / f"{row['label']}.ply", process=False)
+            assert len(ply.vertices) == len(stl.vertices) and ply.visual.kind == "vertex"
+            values = ply.metadata["_ply_raw"]["vertex"]["data"]["uncertainty"]
+            assert 0.0 <= values.min() and values.max() <= 1.0
+            assert (case_dir / "uncertainty" / f"{row['label']}.glb").is_file()
 
 
 def test_metrics_are_sane(run):

@@ -22,6 +22,7 @@ PARTITION = "debug"
 HANG_GUARD_S = 3600  # only so that a wedged cluster cannot hold CI forever; no timing is asserted
 pytestmark = pytest.mark.e2e
 
+
 def _cluster_problem() -> str | None:
     if shutil.which("sinfo") is None:
         return "no `sinfo` on PATH"

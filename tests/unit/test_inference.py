@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -235,3 +236,104 @@ def test_all_mirror_combinations_are_members() -> None:
     result = run([Counter(), Counter()], image, mirror_axes=(0, 2))
     assert result.n_members == 2 * len(list(itertools.product([0, 1], repeat=2)))
     assert sum(calls) == result.n_members  # one window per member
+
+
+def test_projections_multiply_the_members() -> None:
+    from carve.projection import radial_projections
+
+    calls: list[int] = []
+
+    class Counter(Identity):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    image, labels = one_hot_image((9, 13, 11), seed=9)
+    result = run([Counter(), Counter()], image, mirror_axes=(1,), projections=radial_projections(2))
+    assert result.n_members == 2 * 2 * 3
+    assert sum(calls) == result.n_members * len(window_starts((9, 13, 11), PATCH, 0.5))
+    np.testing.assert_allclose(result.mean_probabilities.sum(0), 1.0, atol=1e-5)
+    # random one-hot labels have borders everywhere: the projected members disagree with the plain ones
+    assert result.std.max() > 0.1
+
+
+def _tiny_model(path, seed: int) -> None:
+    from carve.network import NetworkConfig, UNet3D, save_model
+
+    torch.manual_seed(seed)
+    config = NetworkConfig(
+        in_channels=1,
+        n_classes=3,
+        base_channels=2,
+        max_channels=4,
+        strides=((1, 1, 1), (1, 2, 2)),
+        kernel_sizes=((3, 3, 3), (3, 3, 3)),
+        deep_supervision=False,
+    )
+    model = UNet3D(config)
+    with torch.no_grad():
+        model.heads[-1].weight.mul_(20.0)  # more confident than at random initialisation
+    save_model(path, model, config, {})
+
+
+def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geometry) -> None:
+    from scipy import ndimage
+
+    from carve.io import read_image, write_image
+    from carve.postprocess import apply_postprocessing
+    from carve.predict import PredictOptions, map_names, predict_case
+
+    shape = (6, 12, 14)
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.normal(size=shape), 1.5).astype(np.float32)
+    write_image(tmp_path / "image.nii.gz", image, oblique_geometry)
+    models = [tmp_path / f"fold_{k}.pt" for k in range(2)]
+    for k, path in enumerate(models):
+        _tiny_model(path, seed=k)
+    plans = {
+        "normalisation": [{"scheme": "zscore_per_image"}],
+        "target_spacing_mm": [2.5, 1.6, 1.8],  # half the case's in-plane resolution
+        "patch_size": [4, 4, 6],
+        "n_classes": 3,
+        "labels": {"1": "organ", "2": "vessel"},
+    }
+    options = PredictOptions(overlap=0.5, mirror_axes=(2,), projections=1)
+    rows, labels = [], []
+    plan = {1: ("largest_component",), 2: ("largest_component", "fill_holes")}
+    for name, postprocessing in (("raw", None), ("post", plan)):
+        out = [tmp_path / name / f for f in ("labels.nii.gz", "entropy.nii.gz", "scores.tsv")]
+        rows.append(
+            predict_case(
+                "c",
+                tmp_path / "image.nii.gz",
+                models,
+                plans,
+                *out,
+                options=options,
+                postprocessing=postprocessing,
+                out_maps=tmp_path / name / "maps",
+            )  # fmt: skip
+        )
+        labels.append(read_image(out[0])[0])
+    assert rows[0] == rows[1]  # the scores describe the raw prediction
+    assert rows[0]["members"] == 2 * 2 * 2 and rows[0]["foreground_voxels"] > 0
+    assert {"mean_std_organ", "mean_std_vessel"} <= set(rows[0])
+    np.testing.assert_array_equal(labels[1], apply_postprocessing(labels[0], plan))
+    assert 0 in labels[0] and len(np.unique(labels[0])) > 1 and labels[0].max() <= 2
+
+    maps = {n: read_image(tmp_path / "raw" / "maps" / f"{n}.nii.gz") for n in map_names({1: "organ", 2: "vessel"})}
+    maps["entropy"] = read_image(tmp_path / "raw" / "entropy.nii.gz")
+    for name, (array, geometry) in maps.items():
+        assert array.shape == shape and geometry.is_close(oblique_geometry, 1e-4, shape), name
+    confidence = maps["confidence"][0]
+    assert confidence.dtype == np.uint8 and confidence.min() >= 255 // 3 and confidence.max() > 255 // 3 + 20
+    entropy, mi = maps["entropy"][0], maps["mutual_information"][0]
+    assert entropy.dtype == np.float32 and 0 <= entropy.min() and entropy.max() <= 1
+    assert entropy.max() > 0.3  # not everywhere confident
+    assert 0 <= mi.min() and mi.max() <= np.log(3) and mi.max() > 0
+    assert np.corrcoef(confidence.ravel(), entropy.ravel())[0, 1] < -0.6  # confident where the entropy is low
+    for label in ("organ", "vessel"):
+        std = maps[f"std_{label}"][0]
+        assert 0 <= std.min() and std.max() <= 0.5 and std.max() > 0
+    scores = pd.read_csv(tmp_path / "raw" / "scores.tsv", sep="\t")
+    assert scores.loc[0, "case"] == "c" and scores.loc[0, "members"] == 8

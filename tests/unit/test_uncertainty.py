@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from carve.inference import EnsembleResult
+from carve.resample import resize_image
 from carve.uncertainty import (
     case_uncertainty_scores,
+    maps_on_grid,
     mutual_information,
     normalised_entropy,
     predictive_entropy,
+    scores_on_grid,
     uncertainty_map,
 )
 
@@ -115,3 +118,56 @@ def test_uncertainty_map_is_normalised_entropy() -> None:
     assert out.dtype == np.float32 and out.shape == SHAPE
     np.testing.assert_allclose(out, normalised_entropy(p))
     assert out.max() == pytest.approx(1.0, abs=1e-3) and out.min() == 0.0
+
+
+def random_probabilities(n_classes: int, shape=SHAPE, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    logits = np.random.default_rng(seed).normal(scale=2.0, size=(n_classes, *shape))
+    p = np.exp(logits) / np.exp(logits).sum(0)
+    return p.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_maps_on_the_plan_grid_equal_the_direct_computation(dtype) -> None:
+    p = random_probabilities(4, dtype=dtype)
+    member_entropy = predictive_entropy(p) * 0.5
+    maps = maps_on_grid(p, member_entropy)
+    assert maps.labels.dtype == np.uint8 and maps.confidence.dtype == np.float32
+    np.testing.assert_array_equal(maps.labels, p.astype(np.float32).argmax(0))
+    np.testing.assert_allclose(maps.confidence, p.astype(np.float32).max(0), rtol=1e-6)
+    np.testing.assert_allclose(maps.normalised_entropy, normalised_entropy(p), atol=1e-6)
+    np.testing.assert_allclose(maps.mutual_information, mutual_information(p, member_entropy), atol=1e-6)
+    assert p.dtype == dtype and np.isfinite(p).all()  # input untouched
+
+
+def test_maps_on_another_grid_resize_each_class() -> None:
+    p = random_probabilities(3, shape=(4, 5, 6), seed=1)
+    shape, spacing = (8, 10, 12), (2.0, 1.0, 1.0)
+    calls = []
+
+    def resize(array):
+        calls.append(array.shape)
+        return resize_image(array, shape, spacing, order=1)
+
+    maps = maps_on_grid(p, np.zeros((4, 5, 6), np.float32), resize)
+    assert calls == [(4, 5, 6)] * 4  # three classes and the member entropy, one at a time
+    resized = np.stack([resize_image(p[c], shape, spacing, order=1) for c in range(3)])
+    np.testing.assert_array_equal(maps.labels, resized.argmax(0))
+    np.testing.assert_allclose(maps.confidence, resized.max(0), rtol=1e-6)
+    np.testing.assert_allclose(maps.normalised_entropy, normalised_entropy(resized), atol=1e-6)
+    # zero member entropy: the mutual information is the whole entropy (nats)
+    np.testing.assert_allclose(maps.mutual_information, predictive_entropy(resized), atol=1e-6)
+
+
+def test_scores_on_grid_equal_the_plan_grid_scores() -> None:
+    p = random_probabilities(3, seed=2)
+    labels = p.argmax(0)
+    member_entropy = predictive_entropy(p) * 0.7
+    std = np.random.default_rng(3).uniform(0, 0.3, p.shape).astype(np.float32)
+    names = {1: "liver", 2: "vessel"}
+    expected = case_uncertainty_scores(p, member_entropy, std, labels, names)
+    std_sums = {k: float(std[k][labels == k].sum()) for k in (1, 2)}
+    got = scores_on_grid(labels, normalised_entropy(p), mutual_information(p, member_entropy), std_sums, names)
+    assert got == pytest.approx(expected)
+    assert {"mean_std_liver", "mean_std_vessel"} <= set(got) and got["mean_std_liver"] > 0
+    with pytest.raises(ValueError, match="shapes disagree"):
+        scores_on_grid(labels[:2], normalised_entropy(p), normalised_entropy(p), std_sums)

@@ -1,4 +1,4 @@
-"""Snakemake adapter: fold-ensemble prediction of one test case."""
+"""Snakemake adapter: fold-ensemble prediction of one test case (raw labels and uncertainty maps)."""
 
 import sys
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from carve.workflow import run_step
 from carve.fold import predict_with_models
 
+out = snakemake.output
 run_step(
     snakemake.log[0],
     predict_with_models,
@@ -15,7 +16,7 @@ run_step(
     image_path=Path(snakemake.input.image),
     plans_path=Path(snakemake.input.plans),
     model_paths=[Path(p) for p in snakemake.input.models],
-    outputs=(Path(snakemake.output.labels), Path(snakemake.output.uncertainty), Path(snakemake.output.scores)),
+    outputs=(Path(out.labels), Path(out.uncertainty), Path(out.scores), Path(out.maps[0]).parent),
     predict_options=dict(snakemake.params.predict),
     device=snakemake.params.device,
     threads=snakemake.threads,

@@ -1,4 +1,4 @@
-"""Snakemake adapter: cross-validation prediction of one training case by the fold that held it out."""
+"""Snakemake adapter: cross-validation prediction of one training case by the fold that held it out (raw labels)."""
 
 import sys
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from carve.workflow import run_step
 from carve.fold import predict_held_out
 
+out = snakemake.output
 run_step(
     snakemake.log[0],
     predict_held_out,
@@ -16,7 +17,7 @@ run_step(
     plans_path=Path(snakemake.input.plans),
     splits_path=Path(snakemake.input.splits),
     model_paths=[Path(p) for p in snakemake.input.models],
-    outputs=(Path(snakemake.output.labels), Path(snakemake.output.uncertainty), Path(snakemake.output.scores)),
+    outputs=(Path(out.labels), Path(out.uncertainty), Path(out.scores), Path(out.maps[0]).parent),
     predict_options=dict(snakemake.params.predict),
     device=snakemake.params.device,
     threads=snakemake.threads,

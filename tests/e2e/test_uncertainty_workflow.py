@@ -1,0 +1,86 @@
+"""End-to-end: uncertainty maps, postprocessing decision and uncertainty assessment of the tiny run.
+
+Reads the shared run of the tiny configuration (tests/conftest.py: ``tiny_run``); runs nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from carve.io import read_image
+from carve.postprocess import apply_postprocessing, dice, load_postprocessing
+
+pytestmark = pytest.mark.e2e
+LABELS = {1: "organ", 2: "lobe"}
+TRAIN = [f"demo_{k:03d}" for k in range(4)]
+TEST = ["demo_004", "demo_005"]
+
+
+@pytest.fixture(scope="module")
+def results(tiny_run):
+    return tiny_run / "results" / "e2e"
+
+
+def test_every_case_has_its_maps_on_its_own_grid(results):
+    for case in TRAIN + TEST:
+        image, geometry = read_image(results / "nifti" / case / "image.nii.gz")
+        folder = results / "uncertainty" / case
+        names = ["mutual_information", "confidence", "std_organ", "std_lobe"]
+        maps = {name: read_image(folder / f"{name}.nii.gz") for name in names}
+        maps["entropy"] = read_image(results / "uncertainty" / f"{case}.nii.gz")
+        for name, (array, g) in maps.items():
+            assert array.shape == image.shape and g.is_close(geometry, 1e-4, image.shape), (case, name)
+        confidence = maps["confidence"][0]
+        assert confidence.dtype == np.uint8 and confidence.min() >= 255 // 3
+        assert 0 <= maps["mutual_information"][0].min() and maps["mutual_information"][0].max() <= np.log(3) + 1e-4
+        assert all(0 <= maps[f"std_{n}"][0].min() and maps[f"std_{n}"][0].max() <= 0.5 for n in LABELS.values())
+        scores = pd.read_csv(results / "uncertainty" / f"{case}.tsv", sep="\t").iloc[0]
+        # members: folds x mirrorings (x axis: 2) x views (the image and one projection)
+        assert scores["members"] == (2 if case in TEST else 1) * 2 * 2
+        assert {"mean_std_organ", "mean_std_lobe", "mean_mutual_information"} <= set(scores.index)
+
+
+def test_postprocessing_is_decided_on_raw_cv_and_applied_to_every_prediction(results):
+    document = json.loads((results / "postprocessing.json").read_text())
+    assert document["cases"] == TRAIN
+    plan = load_postprocessing(results / "postprocessing.json")
+    assert set(plan) == set(LABELS)
+    dice_raw = {v: [] for v in LABELS}
+    for case in TRAIN:
+        raw = read_image(results / "cv_raw" / f"{case}.nii.gz")[0]
+        final = read_image(results / "cv" / f"{case}.nii.gz")[0]
+        np.testing.assert_array_equal(final, apply_postprocessing(raw, plan))
+        reference = read_image(results / "nifti" / case / "label.nii.gz")[0]
+        for v in LABELS:
+            dice_raw[v].append(dice(reference == v, raw == v))
+    for v, entry in document["labels"].items():
+        assert entry["mean_dice"]["none"] == pytest.approx(np.mean(dice_raw[int(v)]))
+        for step in entry["steps"]:  # kept exactly when it raised the mean Dice
+            assert step["kept"] == (step["mean_dice_after"] > step["mean_dice_before"])
+    for case in TEST:
+        raw = read_image(results / "predictions_raw" / f"{case}.nii.gz")[0]
+        final = read_image(results / "predictions" / f"{case}.nii.gz")[0]
+        np.testing.assert_array_equal(final, apply_postprocessing(raw, plan))
+
+
+def test_assessment_tables_and_figure(results):
+    calibration = pd.read_csv(results / "assessment" / "calibration.tsv", sep="\t").set_index("region")
+    assert set(calibration.index) == {"all", "foreground_region"}
+    assert calibration["ece"].between(0, 1).all() and (calibration["cases"] == len(TRAIN)).all()
+    assert calibration.loc["all", "voxels"] > calibration.loc["foreground_region", "voxels"] > 0
+    overlap = pd.read_csv(results / "assessment" / "error_overlap.tsv", sep="\t")
+    assert len(overlap) == 3 * 19 and overlap["dice_pooled"].between(0, 1).all()
+    assert overlap.groupby("map")["best"].sum().eq(1).all()
+    correlation = pd.read_csv(results / "assessment" / "score_correlation.tsv", sep="\t")
+    assert "mean_normalised_entropy" in set(correlation["score"])
+    assert (results / "report" / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    review = pd.read_csv(results / "assessment" / "review.tsv", sep="\t")
+    assert sorted(review["case"]) == sorted(TRAIN + TEST) and list(review["rank"]) == list(range(1, 7))
+    assert set(review.loc[review["case"].isin(TEST), "set"]) == {"test"}
+    nonempty = review[review["foreground_voxels"] > 0]
+    assert nonempty["mean_normalised_entropy"].is_monotonic_decreasing
+    assert review["review"].any()  # at least the highest-scoring quarter of the cross-validation cases

@@ -1,0 +1,19 @@
+"""Snakemake adapter: copy the run's plans, fold models and postprocessing decision into an inference bundle."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.bundle import write_bundle
+
+run_step(
+    snakemake.log[0],
+    write_bundle,
+    Path(snakemake.output.bundle),
+    Path(snakemake.input.plans),
+    [Path(p) for p in snakemake.input.models],
+    Path(snakemake.input.postprocessing),
+    dict(snakemake.params.predict),
+)

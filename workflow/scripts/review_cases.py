@@ -1,0 +1,20 @@
+"""Snakemake adapter: every case ranked by its uncertainty score, the likely wrong ones flagged for review."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.calibration import review_files
+
+run_step(
+    snakemake.log[0],
+    review_files,
+    [Path(p) for p in snakemake.input.scores],
+    Path(snakemake.input.cases),
+    list(snakemake.params.cv_cases),
+    str(snakemake.params.score),
+    float(snakemake.params.quantile),
+    Path(snakemake.output.review),
+)
