@@ -1,0 +1,73 @@
+"""Run carve's benchmarks on this machine and write docs/benchmarks.md (the latest table of each).
+
+    python bench/run_all.py                  # every quick benchmark (about 10 minutes on 2 cores), then the doc
+    python bench/run_all.py --only bench_dag # one of them
+    python bench/run_all.py --collect-only   # rebuild docs/benchmarks.md from bench/results/*.md
+
+Each benchmark runs both sides of its comparison in the same process, alternating, and writes its own
+bench/results/<name>.md; ratios are what to compare across machines, absolute times only on the same one.
+Long measurements (training, bench/train_hippocampus.py) are run by hand and documented in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import subprocess
+from datetime import date
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+QUICK = ("bench_metrics", "bench_mesh", "bench_inference_memory", "bench_dag", "bench_cuda_determinism")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def run(name: str) -> None:
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+
+
+def collect() -> Path:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    parts = [
+        "# Benchmarks\n",
+        f"Written by `python bench/run_all.py` on {date.today()} (code {commit.stdout.strip() or 'unknown'}), "
+        f"collected on: {machine()}. Each section names the machine it was measured on; each comparison ran both "
+        "sides in one run, alternating, and reports ratios.\n",
+    ]
+    for result in sorted((BENCH / "results").glob("*.md")):
+        text = result.read_text().strip()
+        parts.append("#" + text if text.startswith("# ") else text)  # each result's title one level down
+        source = result.stem if result.stem.startswith("bench_") else f"bench_{result.stem}"
+        parts.append(f"\n_Source: `bench/{source}.py`, result `bench/results/{result.name}`._\n")
+    out = REPO / "docs" / "benchmarks.md"
+    out.write_text("\n".join(parts) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=QUICK, help="run only these benchmarks")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild docs/benchmarks.md")
+    args = parser.parse_args()
+    if not args.collect_only:
+        for name in args.only or QUICK:
+            print(f"== {name}", flush=True)
+            run(name)
+    print(f"wrote {collect()}")
+
+
+if __name__ == "__main__":
+    main()
