@@ -58,7 +58,8 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
 
 
 def _statistics(table: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]:
-    """Mean, SD and median of each metric over its finite values (NaN where none is finite)."""
+    """Mean, SD and median of each metric over its finite values (NaN where none is finite), and ``_n``: how many
+    values that was, so that a case left out (a missed label's infinite HD95, an undefined recall) shows."""
     out: dict[str, float] = {}
     for m in metrics:
         values = table[m].to_numpy(dtype=float)
@@ -66,6 +67,7 @@ def _statistics(table: pd.DataFrame, metrics: Sequence[str]) -> dict[str, float]
         out[f"{m}_mean"] = float(finite.mean()) if finite.size else float("nan")
         out[f"{m}_sd"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
         out[f"{m}_median"] = float(np.median(finite)) if finite.size else float("nan")
+        out[f"{m}_n"] = int(finite.size)
     return out
 
 

@@ -69,6 +69,7 @@ def test_summary_skips_nan_and_inf_as_documented():
     s = summary.set_index(["set", "label"])
     assert s.loc[("cv", "a"), "hd95_mm_mean"] == pytest.approx(3.0)
     assert s.loc[("cv", "b"), "hd95_mm_mean"] == pytest.approx(6.0)  # the infinite case is left out
+    assert s.loc[("cv", "b"), "hd95_mm_n"] == 1 and s.loc[("cv", "b"), "cases"] == 2  # ... and counted as such
     assert s.loc[("cv", "b"), "cases"] == 2
     assert np.isnan(s.loc[("cv", "b"), "hd95_mm_sd"])  # one finite value
     assert s.loc[("cv", "b"), "recall_mean"] == pytest.approx(1.0)
