@@ -46,6 +46,18 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
     )
 
 
+def load_preprocessed(
+    case_paths: Sequence[Path], groups: Sequence[Sequence[str]], where: str
+) -> list[list[tuple[Any, Any]]]:
+    """(image, label) of each named case, per group, from the preprocessed files ``case_paths``; every name is
+    checked before anything is loaded, and ``where`` (what named them) leads the error."""
+    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
+    missing = [c for names in groups for c in names if c not in by_case]
+    if missing:
+        raise ValueError(f"{where} names cases without preprocessed data: {missing}")
+    return [[load_case(by_case[c])[:2] for c in names] for names in groups]
+
+
 def train_one_fold(
     fold: int,
     plans_path: Path,
@@ -64,14 +76,9 @@ def train_one_fold(
     splits = load_splits(splits_path)
     if not 0 <= fold < len(splits):
         raise ValueError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
-    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
-    missing = [c for c in splits[fold]["train"] + splits[fold]["val"] if c not in by_case]
-    if missing:
-        raise ValueError(f"{splits_path}: fold {fold} names cases without preprocessed data: {missing}")
-
-    def load(names: Sequence[str]) -> list:
-        return [load_case(by_case[c])[:2] for c in names]
-
+    train_cases, val_cases = load_preprocessed(
+        case_paths, (splits[fold]["train"], splits[fold]["val"]), f"{splits_path}: fold {fold}"
+    )
     config = train_config_from(plans, train_options, seed + fold)
     device = select_device(device)
     log.info(
@@ -85,9 +92,7 @@ def train_one_fold(
         threads,
     )
     out_dir = Path(out_dir)
-    model = train_fold(
-        load(splits[fold]["train"]), load(splits[fold]["val"]), config, out_dir, device=device, threads=threads
-    )
+    model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads)
     resolved = {
         "fold": fold,
         "train_cases": splits[fold]["train"],

@@ -181,24 +181,22 @@ def train_subset_model(
     threads: int = 1,
 ) -> Path:
     """Train the model of size ``n``, draw ``draw`` with the folds' training configuration."""
-    from carve.fold import train_config_from
+    from carve.fold import load_preprocessed, train_config_from
     from carve.plan import load_plans
     from carve.predict import select_device
-    from carve.preprocess import load_case
     from carve.train import train_fold
 
     plans = load_plans(plans_path)
     subset = load_subset(subsets_path, n, draw)
-    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
-    missing = [c for c in subset.train + subset.held_out if c not in by_case]
-    if missing:
-        raise ValueError(f"{subsets_path}: n={n} draw {draw} names cases without preprocessed data: {missing}")
+    train_cases, val_cases = load_preprocessed(
+        case_paths, (subset.train, subset.held_out), f"{subsets_path}: n={n} draw {draw}"
+    )
     config = train_config_from(plans, train_options, model_seed(seed, n, draw))
     device = select_device(device)
     log.info("n=%d draw %d: training on %s, validating on %s", n, draw, list(subset.train), list(subset.held_out))
     model = train_fold(
-        [load_case(by_case[c])[:2] for c in subset.train],
-        [load_case(by_case[c])[:2] for c in subset.held_out],
+        train_cases,
+        val_cases,
         config,
         Path(out_dir),
         device=device,
