@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -28,8 +29,7 @@ OUT = Path(__file__).resolve().parent / "results" / "dag.md"
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

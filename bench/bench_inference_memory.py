@@ -30,6 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 OUT = Path(__file__).resolve().parent / "results" / "inference_memory.md"
 N_CLASSES = 3
@@ -125,14 +126,7 @@ def measure(image_path: Path, models: list[Path], name: str, folder: Path, threa
 
 
 def machine_line() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     packages = ", ".join(f"{p} {version(p)}" for p in ("numpy", "scipy", "torch", "SimpleITK"))

@@ -37,6 +37,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import trimesh  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from skimage.measure import marching_cubes  # noqa: E402
 
 from carve.io import Geometry, atomic_write_bytes, read_image  # noqa: E402
@@ -50,14 +51,7 @@ EXPORTERS = ("carve", "carve, no distances", "plain")
 
 def machine() -> str:
     """One line: CPU model, cores, Python and library versions."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     return (
         f"{model}, {os.cpu_count()} cores (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), Python "
         f"{platform.python_version()}, trimesh {version('trimesh')}, scikit-image {version('scikit-image')}"

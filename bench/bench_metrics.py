@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import surface_distance as deepmind
 import torch
+from machine import cpu_model
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
@@ -151,14 +152,7 @@ def time_case(case: Case, repeats: int) -> tuple[dict[str, list[float]], dict[st
 
 # ---- report --------------------------------------------------------------------------------------------
 def machine_line() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     packages = ", ".join(f"{p} {version(p)}" for p in ("numpy", "scipy", "torch", "monai", "surface-distance"))
     load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""

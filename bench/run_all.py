@@ -19,14 +19,15 @@ import subprocess
 from datetime import date
 from pathlib import Path
 
+from machine import cpu_model
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 QUICK = ("bench_metrics", "bench_mesh", "bench_inference_memory", "bench_dag", "bench_cuda_determinism")
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = cpu_model()
     return (
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     )
