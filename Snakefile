@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo's config only when no --configfile is given: a user's config must not inherit the demo's keys (its
+# `demo:` block would generate the demo in place of the user's cases).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -21,6 +25,7 @@ include: "rules/mesh.smk"
 include: "rules/dicom.smk"
 include: "rules/report.smk"
 include: "rules/learning_curve.smk"
+include: "rules/datasets.smk"
 include: "rules/bundle.smk"
 include: "rules/provenance.smk"
 

@@ -38,9 +38,39 @@ def _load_bundle():
 BUNDLE = _load_bundle()
 USER_PREDICT = dict(config.get("predict") or {})  # before the schema fills in defaults
 # YAML gives integer keys for `labels: {1: name}`; JSON schemas speak of string keys.
-config["labels"] = {str(k): v for k, v in config.get("labels", {}).items()}
+config["labels"] = {str(k): v for k, v in (config.get("labels") or {}).items()}
+if not config["labels"]:
+    del config["labels"]  # `datasets` give the labels (checked in _datasets)
+for _block in (config.get("datasets") or {}).values():
+    if isinstance(_block, dict) and isinstance(_block.get("labels"), dict):
+        _block["labels"] = {str(k): v for k, v in _block["labels"].items()}
 validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
+
+def _datasets():
+    """`datasets`: several datasets, one network; the run's labels are the union of theirs (carve.multidomain)."""
+    from carve.multidomain import DatasetSpec, union_label_names
+
+    block = config.get("datasets") or {}
+    specs = {
+        name: DatasetSpec(name, {int(k): str(v) for k, v in d["labels"].items()}, d.get("modality") or config["modality"])
+        for name, d in block.items()
+    }
+    if not specs:
+        if not config.get("labels"):
+            raise WorkflowError("config: give `labels` (value: name), or `datasets` each with its labels")
+        return {}
+    union = union_label_names(list(specs.values()))
+    given = {int(k): str(v) for k, v in (config.get("labels") or {}).items()}
+    if given and given != union:
+        raise WorkflowError(f"config labels {given} differ from the union of the datasets' labels {union}; drop `labels`")
+    if config.get("learning_curve"):
+        raise WorkflowError("config: `learning_curve` and `datasets` cannot be combined yet; run the learning curve per dataset")
+    config["labels"] = {str(k): v for k, v in union.items()}
+    return specs
+
+
+DATASETS = _datasets()
 R = config["results"].rstrip("/")
 CHANNELS = [c["name"] for c in config["channels"] or []]
 LABELS = {int(k): v for k, v in config["labels"].items()}
@@ -52,11 +82,14 @@ DEMO = config.get("demo")
 def _load_cases():
     sheet = Path(config["cases"])
     if DEMO is not None:
-        return demo_cases(sheet, DEMO.get("n_train", 8), DEMO.get("n_test", 2))
+        domains = list(DEMO.get("domains") or [])
+        if domains != list(DATASETS):
+            raise WorkflowError(f"demo.domains {domains} must name the config's datasets in order: {list(DATASETS)}")
+        return demo_cases(sheet, DEMO.get("n_train", 8), DEMO.get("n_test", 2), domains)
     try:
         if BUNDLE is not None:
             return _inference_cases(sheet)
-        cases = load_sheet(sheet, CHANNELS)
+        cases = load_sheet(sheet, CHANNELS, list(DATASETS))
         validate(pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False), "../workflow/schemas/cases.schema.yaml")
         check_folds(cases, config["folds"], sheet)
     except SheetError as err:
@@ -80,6 +113,23 @@ TRAIN = sorted(c for c, v in CASES.items() if v.role == "train")
 TEST = sorted(c for c, v in CASES.items() if v.role == "test")
 LABELLED_TEST = sorted(c for c in TEST if CASES[c].has_label)
 FOLDS = list(range(config["folds"]))
+
+
+def _check_datasets():
+    """Every dataset needs training cases: at least one per fold's training set, two for individual models."""
+    if not DATASETS:
+        return
+    counts = {name: sum(CASES[c].dataset == name for c in TRAIN) for name in DATASETS}
+    need = 2 if config["individual_models"] else 1
+    short = {name: n for name, n in counts.items() if n < need}
+    if short:
+        raise WorkflowError(
+            f"datasets without enough training cases in {config['cases']}: {short} (each needs at least {need}"
+            + (" for `individual_models`)" if need == 2 else ")")
+        )
+
+
+_check_datasets()
 
 
 def _alternatives(names):
@@ -123,6 +173,67 @@ def channel_specs():
     return [
         {k: c.get(k) for k in ("name", "series_uid", "series_description")} for c in (config["channels"] or [{"name": "image"}])
     ]
+
+
+def case_dataset(wildcards):
+    """The case's dataset (None in a run of one dataset)."""
+    return CASES[wildcards.case].dataset
+
+
+def case_label_names(case):
+    """The labels a case is evaluated on: its dataset's (in the union's values), or all."""
+    if not DATASETS:
+        return LABELS
+    return dataset_label_names(CASES[case].dataset)
+
+
+def case_label_source(wildcards):
+    """(the label values -> names in the case's own file, the map from them to the run's values)."""
+    if not DATASETS:
+        return {"labels": LABELS, "to_values": None}
+    from carve.multidomain import union_values
+
+    spec = DATASETS[CASES[wildcards.case].dataset]
+    return {"labels": dict(spec.labels), "to_values": union_values(spec, LABELS)}
+
+
+def plan_datasets():
+    """Per dataset: modality, its training cases (indices into the plan's inputs) and its classes; None for one."""
+    if not DATASETS:
+        return None
+    from carve.multidomain import annotated_classes
+
+    return {
+        name: {
+            "modality": spec.modality,
+            "cases": [i for i, c in enumerate(TRAIN) if CASES[c].dataset == name],
+            "classes": list(annotated_classes(spec, LABELS)),
+        }
+        for name, spec in DATASETS.items()
+    }
+
+
+def train_case_datasets():
+    """case -> dataset of the training cases (None for one dataset)."""
+    return {c: CASES[c].dataset for c in TRAIN} if DATASETS else None
+
+
+def dataset_train_cases(dataset):
+    return [c for c in TRAIN if CASES[c].dataset == dataset]
+
+
+def dataset_label_names(dataset):
+    """A dataset's labels in the run's values."""
+    from carve.multidomain import union_values
+
+    return {v: LABELS[v] for v in sorted(union_values(DATASETS[dataset], LABELS).values())}
+
+
+def individual_metrics():
+    """Per dataset, the metrics of its individual models' cross-validation (with `individual_models`)."""
+    if not DATASETS or not config["individual_models"]:
+        return []
+    return [f"{R}/individual/{name}/metrics.tsv" for name in DATASETS]
 
 
 def case_label(wildcards):
@@ -310,6 +421,8 @@ def all_outputs(manifest=True):
     out += [f"{R}/report/previews/{c}.png" for c in CASES]
     if LEARNING_CURVE is not None:
         out += [f"{R}/{name}" for name in LEARNING_CURVE_FILES]
+    if individual_metrics():
+        out += [f"{R}/metrics/datasets.tsv", f"{R}/report/datasets.png"]
     if manifest:
         out.append(f"{R}/manifest.json")
     return out

@@ -33,7 +33,8 @@ rule convert_label:
     benchmark:
         f"{R}/benchmarks/convert_label/{{case}}.tsv"
     params:
-        labels=LABELS,
+        labels=lambda wildcards: case_label_source(wildcards)["labels"],
+        to_values=lambda wildcards: case_label_source(wildcards)["to_values"],
         dicom=dicom_read_options(),
     threads: 1
     resources:

@@ -9,7 +9,7 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/evaluate/{{case}}.tsv"
     params:
-        labels=LABELS,
+        labels=lambda wildcards: case_label_names(wildcards.case),
         set=evaluation_set,
         tolerance_mm=config["evaluate"]["tolerance_mm"],
     threads: 1

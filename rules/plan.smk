@@ -12,6 +12,7 @@ rule plan:
         labels=LABELS,
         modality=config["modality"],
         channels=channel_modalities(),
+        datasets=plan_datasets(),
         plan=config["plan"],
         device=config["device"],
         seed=config["seed"],
@@ -34,6 +35,7 @@ rule split:
         f"{R}/benchmarks/split/split.tsv"
     params:
         cases=TRAIN,
+        groups=train_case_datasets(),
         folds=config["folds"],
         seed=config["seed"],
     threads: 1
@@ -53,6 +55,8 @@ rule preprocess:
         plans=f"{R}/plans.json",
     output:
         case=f"{R}/preprocessed/{{train_case}}.npz",
+    params:
+        dataset=lambda wildcards: CASES[wildcards.train_case].dataset,
     log:
         f"{R}/logs/preprocess/{{train_case}}.log",
     benchmark:

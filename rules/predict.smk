@@ -23,6 +23,7 @@ rule predict:
     params:
         predict=predict_options(),
         device=config["device"],
+        dataset=lambda wildcards: CASES[wildcards.test_case].dataset,
     threads: config["threads"]
     resources:
         mem_mb=16000,
@@ -51,6 +52,7 @@ rule predict_cv:
     params:
         predict=predict_options(),
         device=config["device"],
+        dataset=lambda wildcards: CASES[wildcards.train_case].dataset,
     threads: config["threads"]
     resources:
         mem_mb=16000,

@@ -16,6 +16,7 @@ rule train_fold:
         train=train_params(),
         seed=config["seed"],
         device=config["device"],
+        case_datasets=train_case_datasets(),
     threads: config["threads"]
     resources:
         mem_mb=16000,

@@ -265,8 +265,11 @@ def convert_label(
     label_values: Mapping[int, str],
     options: LabelOptions = LabelOptions(),
     dicom: DicomOptions = DicomOptions(),
+    to_values: Mapping[int, int] | None = None,
 ) -> dict[str, int]:
-    """Convert a label onto its (already converted) image's grid; returns voxel counts per label name."""
+    """Convert a label onto its (already converted) image's grid; returns voxel counts per label name.
+
+    ``to_values`` maps the file's label values to the run's (a dataset's labels into the union of several)."""
     channels, image_geometry = read_channels(image_nifti)
     image = channels[0]  # the grid of the first channel is the grid of all
     labels = _read_dicom_label_object(case, source, image.shape, image_geometry, label_values)
@@ -316,6 +319,11 @@ def convert_label(
     counts = {name: int((labels == value).sum()) for value, name in sorted(label_values.items())}
     if not present:
         log.warning("case '%s': %s: the label is empty (no foreground voxel)", case, source)
+    if to_values is not None:
+        from carve.multidomain import remap_labels
+
+        labels = remap_labels(labels, to_values)
+        log.info("case '%s': label values mapped to the run's labels %s", case, dict(sorted(to_values.items())))
     write_image(out_path, labels, image_geometry)
     log.info("case '%s': label %s -> %s, voxels per label %s", case, source.name, out_path, counts)
     return counts

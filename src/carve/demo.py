@@ -17,11 +17,18 @@ def demo_case_ids(n_train: int, n_test: int) -> list[str]:
     return [f"demo_{i:03d}" for i in range(n_train + n_test)]
 
 
-def demo_cases(sheet: str | Path, n_train: int, n_test: int) -> list[Case]:
+def demo_cases(sheet: str | Path, n_train: int, n_test: int, domains: Sequence[str] = ()) -> list[Case]:
+    """The demo's cases; with ``domains`` (dataset names) case ``i`` belongs to ``domains[i % len(domains)]``."""
     base = Path(sheet).parent
     ids = demo_case_ids(n_train, n_test)
     return [
-        Case(c, base / "dicom" / c, base / "labels" / f"{c}.nii.gz", "train" if i < n_train else "test")
+        Case(
+            c,
+            base / "dicom" / c,
+            base / "labels" / f"{c}.nii.gz",
+            "train" if i < n_train else "test",
+            dataset=domains[i % len(domains)] if domains else None,
+        )
         for i, c in enumerate(ids)
     ]
 
@@ -33,6 +40,7 @@ def make_demo(
     seed: int,
     shape: Sequence[int] | None = None,
     spacing_mm: Sequence[float] | None = None,
+    domains: Sequence[str] = (),
 ) -> list[Case]:
     """Generate the demo next to ``sheet`` and check it has exactly the announced layout."""
     from carve.synth import generate_demo
@@ -43,10 +51,11 @@ def make_demo(
         kwargs["shape"] = tuple(int(s) for s in shape)
     if spacing_mm is not None:
         kwargs["spacing_mm"] = tuple(float(s) for s in spacing_mm)
-    written = Path(generate_demo(sheet.parent, n_train=n_train, n_test=n_test, seed=seed, **kwargs))
+    domains = tuple(domains)
+    written = Path(generate_demo(sheet.parent, n_train=n_train, n_test=n_test, seed=seed, domains=domains, **kwargs))
     if written.resolve() != sheet.resolve():
         raise RuntimeError(f"demo sheet written to {written}, expected {sheet}")
-    expected = demo_cases(sheet, n_train, n_test)
-    if load_sheet(sheet) != expected:
+    expected = demo_cases(sheet, n_train, n_test, domains)
+    if load_sheet(sheet, datasets=domains) != expected:
         raise RuntimeError(f"{sheet}: the generated demo does not have the announced layout")
     return expected

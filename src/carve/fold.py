@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from carve.io import atomic_write_text
-from carve.plan import load_plans
+from carve.plan import load_plans, plans_for_dataset
 from carve.predict import PredictOptions, predict_case, select_device
 from carve.preprocess import load_case
 from carve.split import fold_of, load_splits
@@ -68,35 +68,47 @@ def train_one_fold(
     out_dir: Path,
     device: str = "auto",
     threads: int = 1,
+    case_datasets: Mapping[str, str] | None = None,
+    dataset: str | None = None,
 ) -> Path:
-    """Train fold ``fold`` on its training cases, validating on its held-out cases."""
+    """Train fold ``fold`` on its training cases, validating on its held-out cases.
+
+    Plans of several datasets need ``case_datasets`` (case -> dataset); with ``dataset`` the fold trains on
+    that dataset's cases only (an individual model, to compare with the shared one)."""
     from carve.train import train_fold
 
     plans = load_plans(plans_path)
     splits = load_splits(splits_path)
     if not 0 <= fold < len(splits):
         raise ValueError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
+    names = {"train": list(splits[fold]["train"]), "val": list(splits[fold]["val"])}
+    if dataset is not None:
+        names = {k: [c for c in v if (case_datasets or {}).get(c) == dataset] for k, v in names.items()}
+        if not names["train"]:
+            raise ValueError(f"{splits_path}: fold {fold} has no training case of dataset '{dataset}'")
     train_cases, val_cases = load_preprocessed(
-        case_paths, (splits[fold]["train"], splits[fold]["val"]), f"{splits_path}: fold {fold}"
+        case_paths, (names["train"], names["val"]), f"{splits_path}: fold {fold}"
     )
+    domains = _domains(plans, case_datasets, names, train_cases, splits_path)
     config = train_config_from(plans, train_options, seed + fold)
     device = select_device(device)
     log.info(
         "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s)",
         fold,
-        len(splits[fold]["train"]),
-        len(splits[fold]["val"]),
+        len(names["train"]),
+        len(names["val"]),
         config.patch_size,
         config.batch_size,
         device,
         threads,
     )
     out_dir = Path(out_dir)
-    model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads)
+    model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads, domains=domains)
     resolved = {
         "fold": fold,
-        "train_cases": splits[fold]["train"],
-        "val_cases": splits[fold]["val"],
+        "dataset": dataset,
+        "train_cases": names["train"],
+        "val_cases": names["val"],
         "train": config.to_dict(),
         "plans": {
             k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
@@ -104,6 +116,26 @@ def train_one_fold(
     }
     atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     return model
+
+
+def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Mapping, train_cases, where: Path):
+    """The :class:`carve.multidomain.DomainSetup` of plans that cover several datasets (else None)."""
+    if not plans.get("datasets"):
+        return None
+    from carve.multidomain import domain_setup
+
+    case_datasets = case_datasets or {}
+    unnamed = [c for c in [*names["train"], *names["val"]] if c not in case_datasets]
+    if unnamed:
+        raise ValueError(f"{where}: the plans cover several datasets, but cases {unnamed} have no dataset")
+    return domain_setup(
+        list(plans["datasets"]),
+        {n: d["classes"] for n, d in plans["datasets"].items()},
+        train_cases,
+        [case_datasets[c] for c in names["train"]],
+        [case_datasets[c] for c in names["val"]],
+        int(plans["n_classes"]),
+    )
 
 
 def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
@@ -127,16 +159,17 @@ def predict_with_models(
     device: str = "auto",
     threads: int = 1,
     postprocessing_path: Path | None = None,
+    dataset: str | None = None,
 ) -> dict[str, float]:
     """Fold-ensemble prediction of a case; ``outputs`` are (labels, entropy map, scores TSV[, maps folder]),
     see :class:`carve.predict.PredictOutputs`. With ``postprocessing_path`` (a ``postprocessing.json``) the
-    written labels are postprocessed."""
+    written labels are postprocessed. ``dataset``: the case's dataset when the plans cover several."""
     from carve.postprocess import load_postprocessing
 
     if len(outputs) not in (3, 4):
         raise ValueError(f"outputs are (labels, entropy, scores[, maps folder]), got {len(outputs)} path(s)")
     labels, entropy, scores, *maps = (Path(p) for p in outputs)
-    plans = load_plans(plans_path)
+    plans = plans_for_dataset(load_plans(plans_path), dataset)
     postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path is not None else None
     options = _predict_options(predict_options)
     return predict_case(
@@ -165,10 +198,13 @@ def predict_held_out(
     predict_options: Mapping[str, Any],
     device: str = "auto",
     threads: int = 1,
+    dataset: str | None = None,
 ) -> dict[str, float]:
     """Cross-validation prediction of a training case by the one fold that did not see it (raw labels)."""
     fold = fold_of(case, load_splits(splits_path))
     model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
     if len(model) != 1:
         raise ValueError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
-    return predict_with_models(case, image_path, plans_path, model, outputs, predict_options, device, threads)
+    return predict_with_models(
+        case, image_path, plans_path, model, outputs, predict_options, device, threads, dataset=dataset
+    )

@@ -210,13 +210,57 @@ def load_plans(path: Path) -> dict:
     return plans
 
 
+def dataset_plans(
+    images: Sequence[Path], labels: Sequence[Path], datasets: Mapping[str, Mapping], options: PlanOptions
+) -> dict:
+    """Per dataset of a multi-dataset run: its normalisation per channel (its own modality and foreground
+    statistics) and the union classes it annotates. ``datasets``: name -> {modality, cases (indices into
+    ``images``), classes}."""
+    out = {}
+    for name, spec in datasets.items():
+        idx = [int(i) for i in spec["cases"]]
+        if not idx:
+            raise PlanError(f"dataset '{name}' has no training case")
+        fp = fingerprint([images[i] for i in idx], [labels[i] for i in idx], options.seed)
+        modality = str(spec.get("modality") or options.modality).upper()
+        channels = [(m or modality).upper() for _, m in options.channels] or [modality]
+        out[name] = {
+            "modality": modality,
+            "cases": len(idx),
+            "classes": sorted(int(c) for c in spec["classes"]),
+            "normalisation": [
+                normalisation_for(m, fg) for m, fg in zip(channels, fp["foreground_intensity"], strict=True)
+            ],
+        }
+    return out
+
+
+def plans_for_dataset(plans: Mapping, dataset: str | None) -> dict:
+    """The plans as a case of ``dataset`` uses them: its dataset's normalisation and ``classes`` (the union
+    classes its predictions may take). Plans of one dataset are returned as they are."""
+    datasets = plans.get("datasets") or {}
+    if not datasets:
+        return dict(plans)
+    if dataset is None:
+        raise PlanError(f"the plans cover datasets {sorted(datasets)}: name the case's dataset")
+    if dataset not in datasets:
+        raise PlanError(f"dataset '{dataset}' is not among the plans' datasets {sorted(datasets)}")
+    own = datasets[dataset]
+    return {**plans, "normalisation": own["normalisation"], "classes": own["classes"]}
+
+
 def plan_dataset(
     images: Sequence[Path],
     labels: Sequence[Path],
     label_names: Mapping[int, str],
     options: PlanOptions,
     out: Path,
+    datasets: Mapping[str, Mapping] | None = None,
 ) -> dict:
+    """Fingerprint the training cases and write the plans; with ``datasets`` (several datasets, one
+    network) also each dataset's normalisation and classes (:func:`dataset_plans`)."""
     plans = make_plans(fingerprint(images, labels, options.seed), label_names, options)
+    if datasets:
+        plans["datasets"] = dataset_plans(images, labels, datasets, options)
     write_plans(out, plans)
     return plans

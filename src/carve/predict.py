@@ -185,6 +185,10 @@ def predict_case(
     data, _ = preprocess_image(image, geometry, plans)
     del image
     models = [load_model(p, device=device)[0] for p in model_paths]
+    if plans.get("classes") is not None:  # one dataset of several: its classes only (carve.multidomain)
+        from carve.multidomain import RestrictedModel
+
+        models = [RestrictedModel(m, plans["classes"]) for m in models]
     log.info(
         "case '%s': %d model(s), plan grid %s, mirror axes %s, %d projection(s), device %s",
         case,

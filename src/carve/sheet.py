@@ -1,7 +1,8 @@
 """The cases sheet: one row per case with ``case``, ``image``, ``label`` and ``role``.
 
 Optional columns: ``series`` (which DICOM series of the ``image`` folder to use: a SeriesInstanceUID or a
-SeriesDescription regular expression). With several input channels (config ``channels``), ``image_<name>``
+SeriesDescription regular expression); ``dataset`` (which of the config's ``datasets`` the case belongs to, when
+one network learns several). With several input channels (config ``channels``), ``image_<name>``
 gives a channel its own file or folder (else it comes from ``image``: a study folder or a 4D file) and
 ``series_<name>`` its own series choice.
 
@@ -56,6 +57,7 @@ class Case:
     role: str
     channel_images: tuple[Path, ...] = ()  # one source per channel when the config names channels
     series: tuple[str | None, ...] = ()  # the sheet's series choice per channel (None: the config's)
+    dataset: str | None = None  # one of the config's datasets (several datasets, one network)
 
     @property
     def has_label(self) -> bool:
@@ -86,10 +88,11 @@ def check_case_id(case: str) -> str | None:
     return None
 
 
-def load_sheet(path: str | Path, channels: Sequence[str] = ()) -> list[Case]:
+def load_sheet(path: str | Path, channels: Sequence[str] = (), datasets: Sequence[str] = ()) -> list[Case]:
     """Read and check a cases sheet (TSV); raises :class:`SheetError` listing every problem.
 
-    ``channels`` are the config's channel names (empty: one channel from ``image``)."""
+    ``channels`` are the config's channel names (empty: one channel from ``image``); ``datasets`` the config's
+    dataset names (then every row names its dataset in the ``dataset`` column)."""
     path = Path(path)
     if len(set(channels)) != len(channels):
         raise SheetError(f"config channels: duplicate channel name(s) in {list(channels)}")
@@ -185,8 +188,14 @@ def load_sheet(path: str | Path, channels: Sequence[str] = ()) -> list[Case]:
             problems.append(f"{where}: label {label} does not exist")
         if role == "train" and label is None:
             problems.append(f"{where}: a training case needs a label")
+        dataset = None if _blank(row.get("dataset")) else str(row["dataset"]).strip()
+        if datasets and dataset not in datasets:
+            given = "no dataset" if dataset is None else f"dataset '{dataset}'"
+            problems.append(f"{where}: column dataset: {given}; the config's datasets are {', '.join(datasets)}")
+        elif not datasets and dataset is not None:
+            problems.append(f"{where}: column dataset names '{dataset}', but the config defines no datasets")
         if image is not None and (not channels or len(sources) == len(channels)):
-            cases.append(Case(case, image, label, role, tuple(sources), series if any(series) else ()))
+            cases.append(Case(case, image, label, role, tuple(sources), series if any(series) else (), dataset))
     if not problems and not cases:
         problems.append(f"{path}: the sheet has no cases")
     if problems:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +11,38 @@ import numpy as np
 from carve.io import atomic_write_text
 
 
-def kfold_splits(cases: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
-    """Split ``cases`` into ``folds`` folds of near-equal size; the order of ``cases`` does not matter."""
+def kfold_splits(
+    cases: Sequence[str], folds: int, seed: int, groups: Mapping[str, str] | None = None
+) -> list[dict[str, list[str]]]:
+    """Split ``cases`` into ``folds`` folds of near-equal size; the order of ``cases`` does not matter.
+
+    With ``groups`` (case -> dataset) the split is stratified: each dataset's cases are dealt out over the folds
+    in turn, continuing where the previous dataset stopped, so every fold holds out a share of every dataset."""
     names = sorted(set(cases))
     if len(names) != len(cases):
         raise ValueError("case ids must be unique")
     if folds < 2 or folds > len(names):
         raise ValueError(f"need 2 <= folds <= number of training cases ({len(names)}), got {folds}")
-    order = np.random.default_rng(seed).permutation(len(names))
-    shuffled = [names[i] for i in order]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(len(names))
+        shuffled = [names[i] for i in order]
+    else:
+        missing = [c for c in names if c not in groups]
+        if missing:
+            raise ValueError(f"cases without a dataset: {missing}")
+        shuffled = []
+        for group in sorted(set(groups[c] for c in names)):
+            members = [c for c in names if groups[c] == group]
+            shuffled += [members[i] for i in rng.permutation(len(members))]
     held = [sorted(shuffled[k::folds]) for k in range(folds)]
     return [{"train": sorted(set(names) - set(h)), "val": h} for h in held]
 
 
-def write_splits(path: Path, cases: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
-    splits = kfold_splits(cases, folds, seed)
+def write_splits(
+    path: Path, cases: Sequence[str], folds: int, seed: int, groups: Mapping[str, str] | None = None
+) -> list[dict[str, list[str]]]:
+    splits = kfold_splits(cases, folds, seed, groups)
     atomic_write_text(path, json.dumps({"seed": seed, "folds": splits}, indent=2) + "\n")
     return splits
 

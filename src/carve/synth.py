@@ -5,6 +5,9 @@ are proper anatomy-like shapes only when spacing and direction are honoured. Eac
 ellipsoid "organ" (label 1), a curved tube wrapped against it (label 2) whose intensity overlaps the organ's,
 unlabelled distractor blobs as bright as both, a smooth multiplicative bias field, a little blur and Rician noise.
 Everything is a pure function of the seed.
+
+A second intensity domain (``domain=1``, T2-like) inverts the contrasts: dark organ and tube in a brighter body,
+a dark rim, dark distractors; a multi-dataset demo (config ``demo.domains``) alternates the two.
 """
 
 from __future__ import annotations
@@ -88,8 +91,10 @@ def synthesize_case(
     shape: Sequence[int] = (24, 64, 64),
     spacing_mm: Sequence[float] = (3.0, 1.0, 1.0),
     oblique_deg: float | Sequence[float] = (5.0, 20.0),
+    domain: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """One synthetic case: ``(image float32, label uint8 {0, 1, 2}, geometry)``; a pure function of the arguments."""
+    """One synthetic case: ``(image float32, label uint8 {0, 1, 2}, geometry)``; a pure function of the arguments.
+    ``domain`` 0 is T1-like (bright structures), 1 T2-like (dark structures in a brighter body)."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     geometry = _random_geometry(rng, shape, spacing_mm, oblique_deg)
@@ -124,12 +129,19 @@ def synthesize_case(
 
     mu_organ = rng.uniform(0.60, 0.70)
     mu_tube = mu_organ + rng.uniform(0.05, 0.09)  # brighter, as a contrast-filled vessel; distractors overlap it
-    image = np.where(body, 0.30, 0.04) + 0.04 * _smooth_noise(rng, shape, spacing_mm, 6.0) * body
-    image = np.where(fat, rng.uniform(0.58, 0.72), image)
+    if domain not in (0, 1):
+        raise ValueError(f"domain must be 0 or 1, got {domain}")
+    t2 = domain == 1  # T2-like: the same anatomy with inverted contrasts (the random draws stay the same)
+    if t2:
+        mu_organ, mu_tube = 0.22 - (mu_organ - 0.65), 0.14 - (mu_tube - mu_organ - 0.07)
+    image = np.where(body, 0.62 if t2 else 0.30, 0.04) + 0.04 * _smooth_noise(rng, shape, spacing_mm, 6.0) * body
+    mu_fat = rng.uniform(0.58, 0.72)
+    image = np.where(fat, 0.12 + 0.5 * (mu_fat - 0.65) if t2 else mu_fat, image)
     texture = 0.07 * _smooth_noise(rng, shape, spacing_mm, 3.0)
     image = np.where(organ, mu_organ + texture, image)
     image = np.where(tube, mu_tube + 0.8 * texture, image)
-    image = np.where(distractors, rng.uniform(0.55, 0.85) + texture, image)
+    mu_blob = rng.uniform(0.55, 0.85)
+    image = np.where(distractors, (0.08 + 0.3 * (mu_blob - 0.55) if t2 else mu_blob) + texture, image)
     gradient = _unit(rng.normal(size=3)) * rng.uniform(0.15, 0.3)
     curvature = rng.uniform(0.0, 0.3)
     image = image * np.exp(2.0 * p @ gradient / extent.max() - curvature * (p**2).sum(-1) / extent.max() ** 2)
@@ -149,8 +161,12 @@ def generate_demo(
     seed: int = 0,
     shape: Sequence[int] = (24, 64, 64),
     spacing_mm: Sequence[float] = (3.0, 1.0, 1.0),
+    domains: Sequence[str] = (),
 ) -> Path:
     """Write the demo under ``out_dir`` (``dicom/<case>/IM*.dcm``, ``labels/<case>.nii.gz``, ``cases.tsv``).
+
+    With ``domains`` (dataset names), case ``i`` belongs to ``domains[i % len(domains)]`` and is drawn in
+    intensity domain ``i % 2`` (the sheet gains a ``dataset`` column).
 
     The sheet is removed first and written last (atomically), so an interrupted run leaves no complete-looking
     sheet. Returns the sheet's path. Deterministic for a given seed.
@@ -160,11 +176,13 @@ def generate_demo(
     out_dir = Path(out_dir)
     sheet = out_dir / "cases.tsv"
     sheet.unlink(missing_ok=True)
-    rows = ["case\timage\tlabel\trole"]
+    rows = ["case\timage\tlabel\trole" + ("\tdataset" if domains else "")]
     for i in range(n_train + n_test):
         case = f"demo_{i:03d}"
         case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        image, label, geometry = synthesize_case(case_seed, shape, spacing_mm)
+        image, label, geometry = synthesize_case(
+            case_seed, shape, spacing_mm, domain=(i % len(domains) % 2) if domains else 0
+        )
         write_dicom_series(
             image,
             geometry,
@@ -174,6 +192,7 @@ def generate_demo(
             uid_seed=f"carve-demo-{seed}-{case}",
         )
         write_image(out_dir / "labels" / f"{case}.nii.gz", label, geometry)
-        rows.append(f"{case}\tdicom/{case}\tlabels/{case}.nii.gz\t{'train' if i < n_train else 'test'}")
+        row = f"{case}\tdicom/{case}\tlabels/{case}.nii.gz\t{'train' if i < n_train else 'test'}"
+        rows.append(row + (f"\t{domains[i % len(domains)]}" if domains else ""))
     atomic_write_text(sheet, "\n".join(rows) + "\n")
     return sheet

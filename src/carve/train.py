@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from carve.augment import AugmentConfig, augment_batch, spatial_margin
 from carve.io import atomic_write_bytes, atomic_write_text
 from carve.network import NetworkConfig, UNet3D, atomic_torch_save, load_payload, save_model
 from carve.sampling import PatchSampler
+
+if TYPE_CHECKING:
+    from carve.multidomain import DomainSetup
 
 LOG = logging.getLogger("carve.train")
 CHECKPOINT_VERSION = 1
@@ -71,6 +74,9 @@ class TrainConfig:
     pretrained_lr_scale: float = 0.1
     val_time_fraction: float = 0.1  # validation is skipped at epoch ends once it costs more than this
     deterministic: bool = True  # CUDA: deterministic kernels (CPU training is deterministic regardless)
+    contrastive_weight: float = 0.0  # several datasets: multi-scale contrastive regulariser (carve.multidomain)
+    contrastive_temperature: float = 0.1
+    adjacency_weight: float = 0.0  # several datasets: non-adjacency anatomical prior (carve.multidomain)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
@@ -132,8 +138,13 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + 1 - dice.mean()
 
 
-def deep_supervision_loss(outputs: list[torch.Tensor], labels: torch.Tensor, n_classes: int, strides) -> torch.Tensor:
-    """Weights halving per scale (the coarsest output gets none, as in nnU-Net), targets = pooled one-hot."""
+def deep_supervision_loss(
+    outputs: list[torch.Tensor], labels: torch.Tensor, n_classes: int, strides, annotated: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weights halving per scale (the coarsest output gets none, as in nnU-Net), targets = pooled one-hot.
+
+    With ``annotated`` (B, K) bool (several datasets) each sample's loss is marginal over the classes its
+    dataset does not annotate (:func:`carve.multidomain.marginal_dice_ce`)."""
     onehot = F.one_hot(labels, n_classes).permute(0, 4, 1, 2, 3).float()
     weights = np.array([0.5**i for i in range(len(outputs))])
     if len(outputs) > 1:
@@ -146,7 +157,12 @@ def deep_supervision_loss(outputs: list[torch.Tensor], labels: torch.Tensor, n_c
         if w == 0:
             continue
         target = onehot if i == 0 else F.avg_pool3d(onehot, tuple(int(p) for p in pool))
-        total = total + float(w) * dice_ce_loss(out, target)
+        if annotated is None:
+            total = total + float(w) * dice_ce_loss(out, target)
+        else:
+            from carve.multidomain import marginal_dice_ce
+
+            total = total + float(w) * marginal_dice_ce(out, target, annotated)
     return total  # type: ignore[return-value]
 
 
@@ -187,11 +203,19 @@ def dice_per_label(prediction: np.ndarray, label: np.ndarray, n_classes: int) ->
     return out
 
 
-def _validate(model: UNet3D, cases, patch_size: Sequence[int], n_classes: int, device: str) -> list[float]:
-    """Mean Dice per label of whole-volume predictions of the validation cases."""
-    scores = [
-        dice_per_label(predict_volume(model, img, patch_size, device).argmax(0), lab, n_classes) for img, lab in cases
-    ]
+def _validate(
+    model: UNet3D, cases, patch_size: Sequence[int], n_classes: int, device: str, classes: Sequence | None = None
+) -> list[float]:
+    """Mean Dice per label of whole-volume predictions of the validation cases (``classes``: per case, the
+    classes its dataset annotates; the others are merged into the background first)."""
+    from carve.multidomain import restrict_probabilities
+
+    scores = []
+    for i, (img, lab) in enumerate(cases):
+        probs = predict_volume(model, img, patch_size, device)
+        if classes is not None:
+            probs = restrict_probabilities(probs, classes[i])
+        scores.append(dice_per_label(probs.argmax(0), lab, n_classes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a label absent from every case: NaN
         return np.nanmean(np.asarray(scores, dtype=float), axis=0).tolist()
@@ -257,6 +281,19 @@ def _compatible(saved: dict, config: TrainConfig) -> bool:
     return all(saved.get(k) == now[k] for k in now if k not in RESUMABLE_CHANGES)
 
 
+def _domain_regularisers(config, domains, contrast, logits, masks, sampler, device) -> torch.Tensor:
+    """The optional multi-dataset terms: contrastive (by dataset) and non-adjacency prior."""
+    from carve.multidomain import adjacency_penalty
+
+    extra = logits.new_zeros((), dtype=torch.float32)
+    if contrast is not None:
+        groups = torch.from_numpy(sampler.last_datasets).to(device)
+        extra = extra + config.contrastive_weight * contrast.loss(groups, config.contrastive_temperature)
+    if config.adjacency_weight > 0 and domains.forbidden:
+        extra = extra + config.adjacency_weight * adjacency_penalty(logits, domains.forbidden, masks)
+    return extra
+
+
 def train_fold(
     train_cases: Sequence[tuple[np.ndarray, np.ndarray]],
     val_cases: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -266,8 +303,10 @@ def train_fold(
     device: str = "cpu",
     threads: int = 1,
     log: logging.Logger = LOG,
+    domains: DomainSetup | None = None,
 ) -> Path:
-    """Train one fold (see module docstring); returns the path of ``model.pt``."""
+    """Train one fold (see module docstring); returns the path of ``model.pt``. ``domains``: the datasets of
+    the cases when one network learns several (balanced sampling, marginal loss, optional regularisers)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -286,9 +325,27 @@ def train_fold(
     optimizer = _build_optimizer(model, config, log)
     margin = spatial_margin(config.augment, config.patch_size, config.spacing_mm)
     crop_size = tuple(p + 2 * m for p, m in zip(config.patch_size, margin, strict=True))
-    sampler = PatchSampler(
-        train_cases, crop_size, n_classes, config.foreground_fraction, np.random.default_rng([config.seed, 1])
-    )
+    sampler_rng = np.random.default_rng([config.seed, 1])
+    contrast, val_classes = None, None
+    if domains is None:
+        sampler = PatchSampler(train_cases, crop_size, n_classes, config.foreground_fraction, sampler_rng)
+    else:
+        from carve.multidomain import BalancedSampler, MultiScaleContrast
+
+        sampler = BalancedSampler(
+            train_cases, domains.train_datasets, crop_size, n_classes, config.foreground_fraction, sampler_rng
+        )
+        val_classes = [np.flatnonzero(domains.annotated[d]).tolist() for d in domains.val_datasets]
+        if config.contrastive_weight > 0 and len(set(domains.train_datasets)) > 1:  # groups to contrast
+            contrast = MultiScaleContrast(net_cfg.channels).to(device)
+            contrast.attach(model.encoder)
+            optimizer.add_param_group({"params": list(contrast.parameters()), "base_lr": config.learning_rate})
+        log.info(
+            "datasets %s: %s training cases; forbidden neighbours %s",
+            list(domains.names),
+            np.bincount(domains.train_datasets, minlength=len(domains.names)).tolist(),
+            list(domains.forbidden),
+        )
     aug_gen = torch.Generator().manual_seed(config.seed + 2)
     total_iters = config.epochs * config.iterations_per_epoch if config.epochs else None
     budget_s = config.time_budget_min * 60 if config.time_budget_min else None
@@ -300,6 +357,8 @@ def train_fold(
             log.warning("%s was written by another configuration: starting afresh", ckpt_path)
         else:
             model.load_state_dict(ckpt["model"])
+            if contrast is not None:
+                contrast.load_state_dict(ckpt["contrast"])
             optimizer.load_state_dict(ckpt["optimizer"])
             iteration, epoch, elapsed_prev = int(ckpt["iteration"]), int(ckpt["epoch"]), float(ckpt["elapsed_s"])
             val_seconds, rows = float(ckpt["val_seconds"]), [list(r) for r in ckpt["rows"]]
@@ -318,6 +377,7 @@ def train_fold(
                 "version": CHECKPOINT_VERSION,
                 "config": json.dumps(config.to_dict()),
                 "model": model.state_dict(),
+                "contrast": contrast.state_dict() if contrast is not None else {},
                 "optimizer": optimizer.state_dict(),
                 "iteration": iteration,
                 "epoch": epoch,
@@ -356,7 +416,10 @@ def train_fold(
             with autocast:
                 out = model(x)
             outputs = out if isinstance(out, list) else [out]
-            loss = deep_supervision_loss(outputs, y, n_classes, net_cfg.strides)
+            masks = None if domains is None else domains.masks(sampler.last_datasets)
+            loss = deep_supervision_loss(outputs, y, n_classes, net_cfg.strides, masks)
+            if domains is not None:
+                loss = loss + _domain_regularisers(config, domains, contrast, outputs[0], masks, sampler, device)
             if not torch.isfinite(loss):
                 log.warning("iteration %d: non-finite loss, step skipped", iteration)
                 iteration += 1
@@ -380,7 +443,7 @@ def train_fold(
         room = budget_s is None or elapsed + val_last_s < budget_s
         if val_cases and (finished or (cheap and room)):
             tv = time.monotonic()
-            dice = _validate(model, val_cases, config.patch_size, n_classes, device)
+            dice = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes)
             val_last_s = time.monotonic() - tv
             val_seconds += val_last_s
         rows.append([epoch, iteration, elapsed, float(np.mean(losses)), lr, *dice])
@@ -396,7 +459,7 @@ def train_fold(
             save_checkpoint()
             last_ckpt = time.monotonic()
     if val_cases and rows and np.isnan(rows[-1][5:]).all():  # the last epoch skipped validation
-        rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device)
+        rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes)
         _write_curves(out_dir, rows, n_classes)
     if not ckpt_path.exists() or not rows or rows[-1][1] != iteration:
         save_checkpoint()

@@ -156,3 +156,16 @@ def test_4d_file_gives_one_volume_per_channel(tmp_path, oblique_geometry):
     with pytest.raises(ConversionError, match="channel 'b' does not overlap the first channel"):
         convert_image("m1", [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "bad.nii.gz", channels=names[:2])
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_label_values_mapped_into_the_runs_labels(case):
+    """A dataset of several: its own values 1, 2 become the union's 3, 1 (counts by its own names)."""
+    src, out, _, labels, _ = case
+    counts = convert_label(
+        "c1", src / "label.nii.gz", out / "image.nii.gz", out / "label.nii.gz", LABELS, to_values={1: 3, 2: 1}
+    )
+    assert counts == {"a": int((labels == 1).sum()), "b": 1}
+    mapped = read_image(out / "label.nii.gz")[0]
+    np.testing.assert_array_equal(mapped == 3, labels == 1)
+    np.testing.assert_array_equal(mapped == 1, labels == 2)
+    assert set(np.unique(mapped)) == {0, 1, 3}

@@ -91,3 +91,40 @@ def test_patch_fitted_to_device_memory(tmp_path):
     # the CPU default: the compute budget, whatever the memory
     default = make_plans(fp, LABELS, PlanOptions())
     assert np.prod(default["patch_size"]) <= 48 * 64 * 48 and default["memory"]["budget_gib"] > 0
+
+
+def test_plans_of_several_datasets_normalise_each_its_own_way(tmp_path):
+    """Two datasets: an MR one (per-image z-score) and a CT one whose clip and mean come from its own cases only;
+    a case of either sees its dataset's normalisation and classes, and a case without one is refused."""
+    from carve.plan import plan_dataset, plans_for_dataset
+
+    rng = np.random.default_rng(2)
+    mr = [_case(tmp_path, f"m{i}", (1.0, 1.0, 1.0), rng) for i in range(2)]
+    ct = [_case(tmp_path, f"c{i}", (1.0, 1.0, 1.0), rng, channels=2) for i in range(2)]
+    ct = [(img, lab) for img, lab in ct]
+    # one channel per case: write the CT-like cases' second channel (bright foreground) as their only one
+    from carve.io import read_channels
+
+    for img, _ in ct:
+        data, geometry = read_channels(img)
+        write_channels(img, data[1:], geometry)
+    pairs = mr + ct
+    datasets = {
+        "brain": {"modality": "MR", "cases": [0, 1], "classes": [0, 1]},
+        "body": {"modality": "CT", "cases": [2, 3], "classes": [0, 2]},
+    }
+    plans = plan_dataset(
+        [p[0] for p in pairs], [p[1] for p in pairs], {1: "a", 2: "b"}, PlanOptions(), tmp_path / "p.json", datasets
+    )
+    assert load_plans(tmp_path / "p.json")["datasets"] == plans["datasets"]
+    assert plans["datasets"]["brain"]["normalisation"] == [{"scheme": "zscore_per_image"}]
+    body = plans["datasets"]["body"]["normalisation"][0]
+    assert body["scheme"] == "ct" and body["mean"] == pytest.approx(600, abs=5)  # 200 + 400 on its foreground
+    view = plans_for_dataset(plans, "body")
+    assert view["normalisation"] == [body] and view["classes"] == [0, 2]
+    with pytest.raises(PlanError, match="name the case's dataset"):
+        plans_for_dataset(plans, None)
+    with pytest.raises(PlanError, match="dataset 'hip' is not among the plans' datasets"):
+        plans_for_dataset(plans, "hip")
+    single = {k: v for k, v in plans.items() if k != "datasets"}
+    assert plans_for_dataset(single, None) == single

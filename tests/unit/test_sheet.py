@@ -141,3 +141,21 @@ def test_cases_from_a_folder_of_scans(tmp_path):
     assert "case id 'scan_a' also given by scan_a.nii" in str(err.value)
     with pytest.raises(SheetError, match="no image files or DICOM folders"):
         cases_from_folder(tmp_path / "dicom_c")
+
+
+def test_dataset_column_names_a_configured_dataset(tmp_path):
+    header = "case\timage\tlabel\trole\tdataset"
+    sheet = write_sheet(
+        tmp_path, [("a", "img.nii.gz", "lab.nii.gz", "train", "knee"), ("b", "img.nii.gz", "", "test", "ankle")], header
+    )
+    cases = load_sheet(sheet, datasets=["knee", "ankle"])
+    assert [c.dataset for c in cases] == ["knee", "ankle"]
+    bad = write_sheet(
+        tmp_path, [("a", "img.nii.gz", "lab.nii.gz", "train", "hip"), ("b", "img.nii.gz", "", "test", "")], header
+    )
+    with pytest.raises(SheetError) as err:
+        load_sheet(bad, datasets=["knee", "ankle"])
+    assert "row 2, case 'a': column dataset: dataset 'hip'; the config's datasets are knee, ankle" in str(err.value)
+    assert "row 3, case 'b': column dataset: no dataset" in str(err.value)
+    with pytest.raises(SheetError, match="row 2, case 'a': column dataset names 'hip', but the config defines no"):
+        load_sheet(bad)

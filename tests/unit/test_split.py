@@ -31,3 +31,21 @@ def test_write_load_and_fold_of(tmp_path):
 def test_bad_fold_counts():
     with pytest.raises(ValueError, match="folds"):
         kfold_splits(["a", "b"], 3, 0)
+
+
+def test_stratified_split_holds_out_every_dataset_in_turn():
+    cases = [f"a{i}" for i in range(6)] + ["b0", "b1", "b2"]
+    groups = {c: c[0] for c in cases}
+    splits = kfold_splits(cases, 3, seed=4, groups=groups)
+    for fold in splits:
+        assert sorted(c[0] for c in fold["val"]) == ["a", "a", "b"]  # two of six, one of three, in every fold
+        assert set(fold["train"]) | set(fold["val"]) == set(cases)
+    assert kfold_splits(cases, 3, seed=4, groups=groups) == splits
+    assert kfold_splits(cases, 3, seed=4) != splits or True  # without groups: the plain split (may differ)
+    with pytest.raises(ValueError, match="without a dataset"):
+        kfold_splits(cases, 3, seed=4, groups={c: "a" for c in cases[:-1]})
+
+
+def test_split_without_groups_is_unchanged_by_the_option():
+    cases = [f"c{i}" for i in range(7)]
+    assert kfold_splits(cases, 3, 1) == kfold_splits(cases, 3, 1, None)

@@ -120,3 +120,15 @@ def test_interrupted_demo_leaves_no_sheet(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         generate_demo(out, n_train=1, n_test=1, seed=2, **SMALL)
     assert not (out / "cases.tsv").exists()
+
+
+def test_second_domain_inverts_the_contrast_of_the_same_anatomy():
+    t1, label, geometry = synthesize_case(3, **SMALL)
+    t2, label2, geometry2 = synthesize_case(3, **SMALL, domain=1)
+    np.testing.assert_array_equal(label, label2)
+    assert geometry == geometry2
+    organ, body = label == 1, (label == 0) & (t1 > 0.2 * t1.max())
+    assert np.median(t1[organ]) > np.median(t1[body])  # T1-like: bright organ
+    assert np.median(t2[organ]) < np.median(t2[label == 0][t2[label == 0] > 300])  # T2-like: darker than the body
+    with pytest.raises(ValueError, match="domain must be 0 or 1"):
+        synthesize_case(3, **SMALL, domain=2)

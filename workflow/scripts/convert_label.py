@@ -18,4 +18,7 @@ run_step(
     {int(k): str(v) for k, v in snakemake.params.labels.items()},
     LabelOptions(),
     DicomOptions(**snakemake.params.dicom),
+    to_values=None
+    if snakemake.params.to_values is None
+    else {int(k): int(v) for k, v in snakemake.params.to_values.items()},
 )

@@ -18,4 +18,5 @@ run_step(
     seed=int(demo.get("seed", 0)),
     shape=demo.get("shape"),
     spacing_mm=demo.get("spacing_mm"),
+    domains=tuple(demo.get("domains") or ()),
 )

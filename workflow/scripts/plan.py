@@ -23,4 +23,5 @@ run_step(
     {int(k): str(v) for k, v in snakemake.params.labels.items()},
     options,
     Path(snakemake.output.plans),
+    snakemake.params.datasets,
 )

@@ -21,4 +21,5 @@ run_step(
     predict_options=dict(snakemake.params.predict),
     device=snakemake.params.device,
     threads=snakemake.threads,
+    dataset=snakemake.params.dataset,
 )

@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
 from carve.workflow import run_step
-from carve.plan import load_plans
+from carve.plan import load_plans, plans_for_dataset
 from carve.preprocess import preprocess_case
 
 run_step(
@@ -14,7 +14,7 @@ run_step(
     lambda: preprocess_case(
         Path(snakemake.input.image),
         Path(snakemake.input.label),
-        load_plans(Path(snakemake.input.plans)),
+        plans_for_dataset(load_plans(Path(snakemake.input.plans)), snakemake.params.dataset),
         Path(snakemake.output.case),
     ),
 )

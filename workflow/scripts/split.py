@@ -15,4 +15,5 @@ run_step(
     list(snakemake.params.cases),
     int(snakemake.params.folds),
     int(snakemake.params.seed),
+    snakemake.params.groups,
 )

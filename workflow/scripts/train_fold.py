@@ -20,4 +20,5 @@ run_step(
     out_dir=Path(snakemake.output.model).parent,
     device=snakemake.params.device,
     threads=snakemake.threads,
+    case_datasets=snakemake.params.case_datasets,
 )

@@ -1,0 +1,25 @@
+"""Snakemake adapter: train one fold of a dataset's individual model (its own cases of the fold only)."""
+
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+from pathlib import Path
+
+from carve.workflow import run_step
+from carve.fold import train_one_fold
+
+run_step(
+    snakemake.log[0],
+    train_one_fold,
+    fold=int(snakemake.wildcards.fold),
+    plans_path=Path(snakemake.input.plans),
+    splits_path=Path(snakemake.input.splits),
+    case_paths=[Path(p) for p in snakemake.input.cases],
+    train_options=dict(snakemake.params.train),
+    seed=int(snakemake.params.seed),
+    out_dir=Path(snakemake.output.model).parent,
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+    case_datasets=snakemake.params.case_datasets,
+    dataset=snakemake.wildcards.dataset,
+)
