@@ -52,6 +52,12 @@ def _datasets():
     from carve.multidomain import DatasetSpec, union_label_names
 
     block = config.get("datasets") or {}
+    if BUNDLE is not None:  # a bundle trained on several datasets: its plans name them
+        import json
+
+        block = json.loads(Path(BUNDLE.plans).read_text()).get("datasets") or {}
+        if config.get("datasets") and set(config["datasets"]) != set(block):
+            raise WorkflowError(f"config datasets {sorted(config['datasets'])} differ from the bundle's {sorted(block)}")
     specs = {
         name: DatasetSpec(name, {int(k): str(v) for k, v in d["labels"].items()}, d.get("modality") or config["modality"])
         for name, d in block.items()
@@ -64,7 +70,7 @@ def _datasets():
     given = {int(k): str(v) for k, v in (config.get("labels") or {}).items()}
     if given and given != union:
         raise WorkflowError(f"config labels {given} differ from the union of the datasets' labels {union}; drop `labels`")
-    if config.get("learning_curve"):
+    if config.get("learning_curve") and BUNDLE is None:
         raise WorkflowError("config: `learning_curve` and `datasets` cannot be combined yet; run the learning curve per dataset")
     config["labels"] = {str(k): v for k, v in union.items()}
     return specs
@@ -100,8 +106,13 @@ def _load_cases():
 def _inference_cases(source):
     """With a bundle: a folder of new scans, or a sheet whose cases are all predicted (role test)."""
     if source.is_dir():
+        if DATASETS:
+            raise SheetError(
+                f"{config['bundle']} was trained on datasets {', '.join(DATASETS)}: give a sheet whose `dataset` "
+                f"column names each case's, not the folder {source}"
+            )
         return cases_from_folder(source)
-    cases = load_sheet(source, CHANNELS)
+    cases = load_sheet(source, CHANNELS, list(DATASETS))
     trained = [c.case for c in cases if c.role == "train"]
     if trained:
         raise SheetError(f"{source}: with a bundle every case is predicted; role 'train' on {', '.join(trained)}")
@@ -117,7 +128,7 @@ FOLDS = list(range(config["folds"]))
 
 def _check_datasets():
     """Every dataset needs training cases: at least one per fold's training set, two for individual models."""
-    if not DATASETS:
+    if not DATASETS or BUNDLE is not None:
         return
     counts = {name: sum(CASES[c].dataset == name for c in TRAIN) for name in DATASETS}
     need = 2 if config["individual_models"] else 1
@@ -208,6 +219,7 @@ def plan_datasets():
             "modality": spec.modality,
             "cases": [i for i, c in enumerate(TRAIN) if CASES[c].dataset == name],
             "classes": list(annotated_classes(spec, LABELS)),
+            "labels": {int(k): v for k, v in spec.labels.items()},
         }
         for name, spec in DATASETS.items()
     }

@@ -228,6 +228,7 @@ def dataset_plans(
             "modality": modality,
             "cases": len(idx),
             "classes": sorted(int(c) for c in spec["classes"]),
+            "labels": {str(k): str(v) for k, v in (spec.get("labels") or {}).items()},  # its own values -> names
             "normalisation": [
                 normalisation_for(m, fg) for m, fg in zip(channels, fp["foreground_intensity"], strict=True)
             ],

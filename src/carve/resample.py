@@ -1,8 +1,9 @@
 """Resampling between a case's own grid and the plan's target spacing.
 
 Images use third-order splines in-plane; when the grid is anisotropic (coarsest spacing more than
-``ANISOTROPY_RATIO`` times the finest) the coarse axis is interpolated separately and linearly, as
-nnU-Net does, so that thick slices do not ring. Labels go through one-hot linear interpolation and an
+``ANISOTROPY_RATIO`` times the finest) the coarse axis is interpolated separately and linearly, so that
+thick slices do not ring (nnU-Net also treats that axis separately, but with nearest neighbour by default:
+bench/results/resampling.md measures the difference). Labels go through one-hot linear interpolation and an
 argmax, which keeps thin structures that nearest-neighbour resampling would break.
 
 Grids are aligned by their outer voxel *edges* (``grid_mode=True`` in scipy's terms): the resampled

@@ -83,3 +83,46 @@ def test_duplicate_label_names(data):
     out = dry_run(data, {"cases": sheet(data / "s.tsv", rows), "labels": {1: "organ", 2: "organ"}, "folds": 3})
     assert out.returncode != 0
     assert "config labels: names must be unique" in out.stdout
+
+
+def _datasets_sheet(data, rows):
+    path = data / "cases.tsv"
+    path.write_text("case\timage\tlabel\trole\tdataset\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return str(path)
+
+
+DATASETS = {"knee": {"labels": {1: "femur"}}, "ankle": {"labels": {1: "talus", 2: "femur"}}}
+
+
+def test_datasets_give_the_labels_and_the_sheet_names_each_cases_dataset(data):
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train", d) for n, d in (("a", "knee"), ("b", "ankle"))]
+    rows.append(("c", "c_img.nii.gz", "c_lab.nii.gz", "train", ""))
+    out = dry_run(data, {"cases": _datasets_sheet(data, rows), "datasets": DATASETS, "folds": 2})
+    assert out.returncode != 0 and "row 4, case 'c': column dataset: no dataset" in out.stdout, out.stdout[-2000:]
+    rows[2] = ("c", "c_img.nii.gz", "c_lab.nii.gz", "train", "knee")
+    config = {"cases": _datasets_sheet(data, rows), "datasets": DATASETS, "folds": 2}
+    out = dry_run(data, config)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "train_individual_fold" not in out.stdout
+    out = dry_run(data, {**config, "labels": {1: "femur"}})  # the union: ankle first (safe_dump sorts keys)
+    assert "differ from the union of the datasets' labels" in out.stdout, out.stdout[-2000:]
+    assert "{1: 'talus', 2: 'femur'}" in out.stdout.replace("\n", " ")
+    out = dry_run(data, {**config, "individual_models": True})
+    assert out.returncode != 0 and "datasets without enough training cases" in out.stdout
+    assert "{'ankle': 1}" in out.stdout
+
+
+def test_a_users_config_does_not_inherit_the_demo(data):
+    """The Snakefile's own config/config.yaml (the demo) is read only when no --configfile is given."""
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in ("a", "b")]
+    config = {"cases": sheet(data / "cases.tsv", rows), "labels": {1: "a"}, "folds": 2}
+    (data / "config").mkdir(exist_ok=True)
+    demo = {"cases": "results/demo/data/cases.tsv", "labels": {1: "organ"}, "demo": {"n_train": 3, "n_test": 0}}
+    (data / "config" / "config.yaml").write_text(yaml.safe_dump(demo))
+    path = data / "my.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(data),
+           "--configfile", str(path), "--dry-run", "--cores", "1"]  # fmt: skip
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=data)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "generate_demo" not in out.stdout and "convert_image" in out.stdout
