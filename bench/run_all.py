@@ -6,7 +6,10 @@
 
 Each benchmark runs both sides of its comparison in the same process, alternating, and writes its own
 bench/results/<name>.md; ratios are what to compare across machines, absolute times only on the same one.
-Long measurements (training, bench/train_hippocampus.py) are run by hand and documented in docs/training.md.
+Long measurements are run by hand: bench/train_hippocampus.py (docs/training.md), bench/bench_training_quality.py
+(nnU-Net and carve at equal training budget), bench/bench_inference.py (ensemble inference against MONAI and
+nnU-Net) and bench/bench_multidomain.py (shared against individual models); their results land in bench/results/
+and are collected here too.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib.util
 import os
 import platform
 import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -23,7 +27,15 @@ from machine import cpu_model
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-QUICK = ("bench_metrics", "bench_mesh", "bench_inference_memory", "bench_dag", "bench_cuda_determinism")
+QUICK = (
+    "bench_metrics",
+    "bench_mesh",
+    "bench_inference_memory",
+    "bench_dag",
+    "bench_cuda_determinism",
+    "bench_resampling",
+    "bench_throughput",
+)
 
 
 def machine() -> str:
@@ -37,7 +49,12 @@ def run(name: str) -> None:
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main()
+    argv = sys.argv
+    sys.argv = [str(BENCH / f"{name}.py")]  # each benchmark's defaults, not run_all's arguments
+    try:
+        module.main()
+    finally:
+        sys.argv = argv
 
 
 def collect() -> Path:
