@@ -138,11 +138,10 @@ def test_cancelled_jobs_rerun_to_identical_results(cluster, tiny_run, tiny_run_c
         assert jobs[job][0] == "CANCELLED", (rule, job, jobs[job])
         # without sacct the plugin can only report the state it saw in squeue
         assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in text, (rule, text[-3000:])
-        # the job's own log: SLURM cancelled it, and the rule's script (frozen until then) died of its SIGTERM
         (job_log,) = (workdir / ".snakemake" / "slurm_logs").glob(f"rule_{rule}/*/{job}.log")
-        job_text = job_log.read_text()
-        assert re.search(rf"\*\*\* JOB {job} ON \S+ CANCELLED AT", job_text), job_text[-3000:]
-        assert re.search(rf"\.{rule}\.py' died with <Signals\.SIGTERM: 15>", job_text), job_text[-3000:]
+        assert re.search(rf"\*\*\* JOB {job} ON \S+ CANCELLED AT", job_log.read_text()), job_log.read_text()[-3000:]
+        # and SLURM ended the rule's script, frozen until the cancel: no orphan writes into the results later
+        assert not _script_pids(workdir, rule), f"the cancelled {rule} script still runs"
     # the cancelled fold stopped between its first checkpoint and its end; nothing of it but the checkpoint is left
     reached = _iteration(fold_dir / "checkpoint.pt")
     total = _iteration(tiny_run / "results" / "e2e" / "models" / f"fold_{FOLD}" / "checkpoint.pt")
@@ -155,7 +154,7 @@ def test_cancelled_jobs_rerun_to_identical_results(cluster, tiny_run, tiny_run_c
     assert rerun.returncode == 0, rerun.stderr[-5000:]
     assert job_stats(rerun.stdout + rerun.stderr) == {"convert_image": 1, "train_fold": 1}
     log = (results / "logs" / "train_fold" / f"fold_{FOLD}.log").read_text()
-    assert re.search(rf"resumed from \S*fold_{FOLD}/checkpoint\.pt at iteration [1-9]", log), log[-3000:]
+    assert re.search(rf"resumed from \S*fold_{FOLD}/checkpoint\.pt at iteration {reached} ", log), log[-3000:]
 
     reference = digests(tiny_run / "results" / "e2e", REPRODUCIBLE)
     resumed = digests(results, REPRODUCIBLE)
