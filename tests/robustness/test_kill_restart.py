@@ -42,25 +42,27 @@ def _wait_for(workdir: Path, pattern: str, proc: subprocess.Popen) -> Path:
     raise AssertionError(f"{pattern} did not appear")
 
 
-def _wait_for_job(rule: str, proc: subprocess.Popen) -> list[int]:
+def _wait_for_job(rule: str, proc: subprocess.Popen, workdir: Path) -> list[int]:
     deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:
-        if pids := _job_pids(rule):
+        if pids := _job_pids(rule, workdir):
             return pids
         assert proc.poll() is None, f"the run ended before a {rule} job started"
         time.sleep(0.02)
     raise AssertionError(f"no {rule} job started")
 
 
-def _job_pids(rule: str) -> list[int]:
-    """Processes running a job of ``rule`` (Snakemake runs scripts as .snakemake/scripts/tmpXXXX.<rule>.py)."""
+def _job_pids(rule: str, workdir: Path) -> list[int]:
+    """Processes running a job of ``rule`` of the run in ``workdir`` (Snakemake runs scripts as
+    <workdir>/.snakemake/scripts/tmpXXXX.<rule>.py); other runs on the machine are left alone."""
+    scripts = str(workdir / ".snakemake" / "scripts").encode()
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:  # the process ended meanwhile
             continue
-        if any(a.endswith(f".{rule}.py".encode()) for a in args):
+        if any(a.endswith(f".{rule}.py".encode()) and a.startswith(scripts) for a in args):
             pids.append(int(cmdline.parent.name))
     return pids
 
@@ -107,7 +109,7 @@ def test_killed_run_reruns_to_identical_results(scenario, tiny_run, tmp_path):
             _wait_for(tmp_path, pattern, proc)
             os.killpg(proc.pid, signal.SIGKILL)
         else:
-            for pid in _wait_for_job(job_rule, proc):
+            for pid in _wait_for_job(job_rule, proc, tmp_path):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=HANG_GUARD_S)
     finally:
