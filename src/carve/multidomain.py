@@ -9,9 +9,9 @@ labels each dataset annotates, sampling balanced across datasets, and two option
   cross-entropy: an unannotated structure is "not annotated", never "wrong". Prediction does the same with the
   case's dataset (:func:`restrict_probabilities`), so a case only receives its dataset's labels.
 * **Balanced sampling**: every patch first draws its dataset uniformly, then a case of that dataset.
-* **Multi-scale contrastive regularisation** (``train.contrastive_weight``): the pooled features of the deepest
-  encoder stages are projected and pulled together by dataset (supervised contrastive loss, Khosla et al.
-  2020), as Boutillon et al. regularise the shared representation into domain clusters.
+* **Multi-scale contrastive regularisation** (``train.contrastive_weight``): the features of the deepest encoder
+  stages, pooled per octant of each patch, are projected and pulled together by dataset (supervised contrastive
+  loss, Khosla et al. 2020), as Boutillon et al. regularise the shared representation into domain clusters.
 * **Anatomical (non-adjacency) prior** (``train.adjacency_weight``; Ganaye et al. 2018): two classes of one
   dataset that never touch in its training labels are penalised where the prediction puts them side by side.
 
@@ -217,10 +217,14 @@ class MultiScaleContrast(nn.Module):
         return [encoder[s].register_forward_hook(keep(s)) for s in self.stages]
 
     def loss(self, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Each sample's features pooled over its 8 octants (2x2x2 regions), so that a batch of 2 still has
+        positives (the sample's own other regions, same dataset) and negatives (the other dataset's regions): with
+        one embedding per sample a batch of 2 makes the loss identically zero."""
         terms = []
         for stage, head in zip(self.stages, self.heads, strict=True):
-            pooled = self.features[stage].float().mean(dim=(2, 3, 4))
-            terms.append(supervised_contrastive(head(pooled), groups, temperature))
+            regions = F.adaptive_avg_pool3d(self.features[stage].float(), 2).flatten(2).transpose(1, 2)  # (B, 8, C)
+            embeddings = head(regions.reshape(-1, regions.shape[-1]))
+            terms.append(supervised_contrastive(embeddings, groups.repeat_interleave(regions.shape[1]), temperature))
         self.features.clear()
         return torch.stack(terms).mean()
 

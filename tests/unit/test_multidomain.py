@@ -200,3 +200,23 @@ def test_train_fold_with_two_datasets_learns_both_and_resumes_exactly(tmp_path, 
 def test_domain_setup_refuses_an_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset"):
         domain_setup(["a"], {"a": (0, 1)}, _cases(1, 1, np.random.default_rng(0)), ["x"], [], 2)
+
+
+def test_contrastive_regulariser_changes_training_at_batch_size_two(tmp_path):
+    """At batch 2 one embedding per sample would make the loss identically zero (one other sample: the positive
+    or nothing); the octant embeddings give positives and negatives, so the weights change."""
+    rng = np.random.default_rng(1)
+    cases = _cases(2, 1, rng) + _cases(2, 2, rng)
+    setup = domain_setup(["a", "b"], {"a": (0, 1), "b": (0, 2)}, cases, ["a", "a", "b", "b"], [], 3)
+    net = NetworkConfig(1, 3, 8, 32, ((1, 1, 1), (2, 2, 2), (2, 2, 2)), ((3, 3, 3),) * 3)
+    from carve.network import load_model
+
+    weights = []
+    for w in (0.0, 1.0):
+        config = TrainConfig(
+            epochs=1, time_budget_min=None, iterations_per_epoch=6, batch_size=2, patch_size=(8, 16, 16),
+            contrastive_weight=w, network=net,
+        )  # fmt: skip
+        model, _ = load_model(train_fold(cases, [], config, tmp_path / f"w{w}", domains=setup))
+        weights.append(model.state_dict())
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0].values(), weights[1].values(), strict=True))
