@@ -11,7 +11,6 @@ label, with the paired difference per case, in ``metrics/datasets.tsv`` and ``re
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,32 +40,25 @@ def evaluate_individual_models(
     threads: int = 1,
 ) -> pd.DataFrame:
     """Cross-validation of a dataset's individual models: each case predicted by the fold that held it out."""
-    from carve.evaluate import evaluate_case, write_table
+    from carve.evaluate import predict_and_evaluate, write_table
     from carve.fold import predict_held_out
 
     if not (len(cases) == len(images) == len(references)):
         raise ValueError(f"dataset '{dataset}': {len(cases)} cases, {len(images)} images, {len(references)} labels")
-    predictions_dir = Path(predictions_dir)
-    predictions_dir.mkdir(parents=True, exist_ok=True)
-    tables = []
-    with tempfile.TemporaryDirectory() as scratch:  # the uncertainty outputs are not kept
-        for case, image, reference in zip(cases, images, references, strict=True):
-            prediction = predictions_dir / f"{case}.nii.gz"
-            extra = (Path(scratch) / f"{case}.nii.gz", Path(scratch) / f"{case}.tsv")
-            predict_held_out(
-                case,
-                Path(image),
-                plans_path,
-                splits_path,
-                model_paths,
-                (prediction, *extra),
-                predict_options,
-                device,
-                threads,
-                dataset=dataset,
-            )
-            tables.append(evaluate_case(case, "cv", Path(reference), prediction, label_names, tolerance_mm))
-    table = pd.concat(tables, ignore_index=True)
+    image_of = dict(zip(cases, (Path(p) for p in images), strict=True))
+    reference_of = dict(zip(cases, (Path(p) for p in references), strict=True))
+    table = predict_and_evaluate(
+        cases,
+        lambda _case: "cv",
+        reference_of.__getitem__,
+        label_names,
+        tolerance_mm,
+        predictions_dir,
+        lambda case, outputs: predict_held_out(
+            case, image_of[case], plans_path, splits_path, model_paths, outputs, predict_options, device, threads,
+            dataset=dataset,
+        ),
+    )  # fmt: skip
     table.insert(0, "dataset", dataset)
     write_table(out_table, table)
     return table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +106,27 @@ def evaluate_case_to_file(
     table = evaluate_case(case, set_name, reference_path, prediction_path, label_names, tolerance_mm)
     write_table(out, table)
     return table
+
+
+def predict_and_evaluate(
+    cases: Sequence[str],
+    set_of: Callable[[str], str],
+    references: Callable[[str], Path],
+    label_names: Mapping[int, str],
+    tolerance_mm: float,
+    predictions_dir: Path,
+    predict: Callable[[str, tuple[Path, Path, Path]], object],
+) -> pd.DataFrame:
+    """Predict each case with ``predict(case, (labels, entropy, scores))`` into ``predictions_dir/<case>.nii.gz``
+    (the uncertainty outputs go to a scratch folder and are not kept) and evaluate it; the per-case tables joined."""
+    import tempfile
+
+    predictions_dir = Path(predictions_dir)
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for case in cases:
+            prediction = predictions_dir / f"{case}.nii.gz"
+            predict(case, (prediction, Path(scratch) / f"{case}.nii.gz", Path(scratch) / f"{case}.tsv"))
+            tables.append(evaluate_case(case, set_of(case), references(case), prediction, label_names, tolerance_mm))
+    return pd.concat(tables, ignore_index=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -230,26 +229,24 @@ def evaluate_subset_model(
     threads: int = 1,
 ) -> pd.DataFrame:
     """Predict the draw's evaluation cases with one model; per-case, per-label metrics with ``n`` and ``draw``."""
-    from carve.evaluate import evaluate_case, write_table
+    from carve.evaluate import predict_and_evaluate, write_table
     from carve.fold import predict_with_models
 
     subset = load_subset(subsets_path, n, draw)
     missing = [c for c in subset.evaluate if c not in images or c not in references]
     if missing:
         raise ValueError(f"{subsets_path}: n={n} draw {draw} evaluates cases without image or label: {missing}")
-    predictions_dir = Path(predictions_dir)
-    predictions_dir.mkdir(parents=True, exist_ok=True)
-    tables = []
-    with tempfile.TemporaryDirectory() as scratch:  # the uncertainty outputs of the predictor are not kept
-        for case in subset.evaluate:
-            prediction = predictions_dir / f"{case}.nii.gz"
-            extra = (Path(scratch) / f"{case}.nii.gz", Path(scratch) / f"{case}.tsv")
-            predict_with_models(
-                case, images[case], plans_path, [model_path], (prediction, *extra), predict_options, device, threads
-            )
-            table = evaluate_case(case, subset.set_of(case), references[case], prediction, label_names, tolerance_mm)
-            tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
+    table = predict_and_evaluate(
+        subset.evaluate,
+        subset.set_of,
+        references.__getitem__,
+        label_names,
+        tolerance_mm,
+        predictions_dir,
+        lambda case, outputs: predict_with_models(
+            case, images[case], plans_path, [model_path], outputs, predict_options, device, threads
+        ),
+    )
     table.insert(0, "draw", draw)
     table.insert(0, "n", n)
     write_table(out_table, table)
