@@ -48,6 +48,7 @@ def machine() -> str:
 def run(name: str) -> None:
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     argv = sys.argv
     sys.argv = [str(BENCH / f"{name}.py")]  # each benchmark's defaults, not run_all's arguments
