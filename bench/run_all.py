@@ -58,6 +58,17 @@ def run(name: str) -> None:
         sys.argv = argv
 
 
+def source_script(stem: str) -> str:
+    """The script that writes bench/results/<stem>.md: <stem>.py or bench_<stem>.py, else the same for the stem
+    without its last ``_part`` (a second result of one script, e.g. inference_large.md of bench_inference.py)."""
+    parts = stem.split("_")
+    for n in range(len(parts), 0, -1):
+        for name in ("_".join(parts[:n]), "bench_" + "_".join(parts[:n])):
+            if (BENCH / f"{name}.py").is_file():
+                return f"{name}.py"
+    return f"bench_{stem}.py"
+
+
 def collect() -> Path:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     parts = [
@@ -69,8 +80,7 @@ def collect() -> Path:
     for result in sorted((BENCH / "results").glob("*.md")):
         text = result.read_text().strip()
         parts.append("#" + text if text.startswith("# ") else text)  # each result's title one level down
-        source = result.stem if result.stem.startswith("bench_") else f"bench_{result.stem}"
-        parts.append(f"\n_Source: `bench/{source}.py`, result `bench/results/{result.name}`._\n")
+        parts.append(f"\n_Source: `bench/{source_script(result.stem)}`, result `bench/results/{result.name}`._\n")
     out = REPO / "docs" / "benchmarks.md"
     out.write_text("\n".join(parts) + "\n")
     return out
