@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -119,8 +120,6 @@ def predict_and_evaluate(
 ) -> pd.DataFrame:
     """Predict each case with ``predict(case, (labels, entropy, scores))`` into ``predictions_dir/<case>.nii.gz``
     (the uncertainty outputs go to a scratch folder and are not kept) and evaluate it; the per-case tables joined."""
-    import tempfile
-
     predictions_dir = Path(predictions_dir)
     predictions_dir.mkdir(parents=True, exist_ok=True)
     tables = []

@@ -23,7 +23,7 @@ from carve.multidomain import (
     union_label_names,
     union_values,
 )
-from carve.network import NetworkConfig, UNet3D
+from carve.network import NetworkConfig, UNet3D, load_model
 from carve.train import TrainConfig, dice_ce_loss, train_fold
 
 KNEE = DatasetSpec("knee", {1: "femur", 2: "tibia"})
@@ -209,8 +209,6 @@ def test_contrastive_regulariser_changes_training_at_batch_size_two(tmp_path):
     cases = _cases(2, 1, rng) + _cases(2, 2, rng)
     setup = domain_setup(["a", "b"], {"a": (0, 1), "b": (0, 2)}, cases, ["a", "a", "b", "b"], [], 3)
     net = NetworkConfig(1, 3, 8, 32, ((1, 1, 1), (2, 2, 2), (2, 2, 2)), ((3, 3, 3),) * 3)
-    from carve.network import load_model
-
     weights = []
     for w in (0.0, 1.0):
         config = TrainConfig(
