@@ -36,7 +36,7 @@ COMMON = {
     "device": "cpu",
     "threads": 2,
     "plan": {"max_patch_voxels": 24 * 48 * 48, "base_channels": 16},
-    "predict": {"overlap": 0.5, "mirror_axes": [], "projections": 0},
+    "predict": {"overlap": 0.5, "projections": 0},
     "postprocess": {"operations": []},
     "mesh": {"format": "stl", "uncertainty_colour": False},
 }

@@ -37,6 +37,11 @@ def _load_bundle():
 
 BUNDLE = _load_bundle()
 USER_PREDICT = dict(config.get("predict") or {})  # before the schema fills in defaults
+if "mirror_axes" in USER_PREDICT:
+    raise WorkflowError(
+        "config predict.mirror_axes is gone: prediction flips exactly the axes training flipped, set by "
+        "plan.mirror_axes (canonical axes, default none); remove predict.mirror_axes"
+    )
 # YAML gives integer keys for `labels: {1: name}`; JSON schemas speak of string keys.
 config["labels"] = {str(k): v for k, v in (config.get("labels") or {}).items()}
 if not config["labels"]:

@@ -37,7 +37,7 @@ class AugmentConfig:
     elastic_sigma_mm: float = 1.5  # std of the displacement at the control points
     elastic_control_points: int = 4  # per axis
     p_mirror: float = 0.0  # per axis in mirror_axes
-    mirror_axes: tuple[int, ...] = (0, 1, 2)
+    mirror_axes: tuple[int, ...] = ()  # canonical axes; in a run set from the plans (carve.fold.train_config_from)
     p_gamma: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
     p_brightness: float = 0.15

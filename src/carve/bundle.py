@@ -3,7 +3,8 @@
 A bundle holds ``plans.json`` (spacing, normalisation, patch, channels, labels), one weight file per fold
 (``folds/fold_<k>.pt``: tensors and primitives only, read with ``torch.load(weights_only=True)``),
 ``postprocessing.json`` (what cross-validation kept) and ``bundle.json``: the format version, the carve
-version that wrote it, label names, channels, the prediction options of the run, and the sha256 of every file.
+version that wrote it, label names, channels, the canonical orientation the models saw and the axes they were
+mirrored on (both from the plans), the prediction options of the run, and the sha256 of every file.
 :func:`load_bundle` checks all of it before any job runs, so a bundle from another carve version, with a missing
 or altered fold, gets one clear error naming the bundle and the problem.
 """
@@ -74,6 +75,8 @@ def write_bundle(
             "plans_version": plans.get("plans_version"),
             "labels": plans["labels"],
             "channels": [c["name"] for c in plans["channels"]],
+            "orientation": plans.get("orientation"),  # the canonical orientation the models saw (carve.orientation)
+            "mirror_axes": plans.get("mirror_axes", []),  # canonical axes flipped in training and at test time
             "folds": folds,
             "predict": dict(predict_options),
             **files,

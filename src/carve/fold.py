@@ -16,6 +16,7 @@ from carve.preprocess import load_case
 from carve.split import fold_of, load_splits
 
 log = logging.getLogger("carve.fold")
+MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
 
 
 def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
@@ -34,7 +35,16 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
         kernel_sizes=tuple(tuple(int(v) for v in k) for k in net["kernel_sizes"]),
     )
     opts = {k: v for k, v in options.items() if v is not None or k in ("epochs", "time_budget_min")}
-    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.pop("augment", {}).items()})
+    augment_keys = dict(opts.pop("augment", {}))
+    planned = [k for k in ("mirror_axes", "p_mirror") if k in augment_keys]
+    if planned:
+        raise ValueError(
+            f"train.augment.{planned[0]}: mirroring is planned (plan.mirror_axes, canonical axes) so that prediction "
+            "flips exactly the axes training flipped; set it there"
+        )
+    mirror_axes = tuple(int(a) for a in plans.get("mirror_axes", ()))
+    augment_keys.update(mirror_axes=mirror_axes, p_mirror=MIRROR_PROBABILITY if mirror_axes else 0.0)
+    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment_keys.items()})
     return TrainConfig(
         **opts,
         batch_size=int(plans["batch_size"]),
@@ -141,7 +151,7 @@ def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Map
 def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
     return PredictOptions(
         overlap=float(options.get("overlap", 0.5)),
-        mirror_axes=tuple(int(a) for a in options.get("mirror_axes", (0, 1, 2))),
+        mirror_axes=None if options.get("mirror_axes") is None else tuple(int(a) for a in options["mirror_axes"]),
         batch_windows=int(options.get("batch_windows", 2)),
         projections=int(options.get("projections", 0)),
         projection_gamma=float(options.get("projection_gamma", 1.25)),

@@ -4,7 +4,9 @@ The plan fixes everything the data decides: target spacing (median per axis; for
 data the coarse axis takes the 10th percentile, as nnU-Net does), intensity normalisation by modality
 (CT: clip to the foreground 0.5-99.5 percentiles and z-score with foreground statistics; MR and others:
 per-image z-score), patch size fitted to the median resampled shape and to a voxel budget for the training
-device, and the network topology. A user may edit ``plans.json`` and rerun: training reads it as written.
+device, the network topology, and the canonical axes mirrored in training (``mirror_axes``; prediction flips
+exactly those, :mod:`carve.orientation`). Every spatial entry is in the canonical axis order. A user may edit
+``plans.json`` and rerun: training reads it as written.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import numpy as np
 
 import carve
 from carve.io import atomic_write_text, read_channels, read_image
+from carve.orientation import CONVENTION, canonical_spacing_and_shape, check_mirror_axes
 from carve.resample import ANISOTROPY_RATIO, target_shape
 
-PLANS_VERSION = 2  # 2: channels, normalisation per channel
+PLANS_VERSION = 3  # 2: channels, normalisation per channel; 3: canonical orientation, planned mirror axes
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 
 
@@ -41,6 +44,7 @@ class PlanOptions:
     max_channels: int = 256
     max_stages: int = 5
     target_spacing_mm: tuple[float, float, float] | None = None  # override the fingerprint's choice
+    mirror_axes: tuple[int, ...] = ()  # canonical axes flipped in training and so at test time (carve.orientation)
     seed: int = 0
 
 
@@ -94,7 +98,8 @@ def fit_to_memory(
 
 
 def fingerprint(images: Sequence[Path], labels: Sequence[Path], seed: int = 0) -> dict:
-    """Spacing, shapes and foreground intensity statistics (per channel) of the training cases."""
+    """Spacing, shapes (both in the canonical axis order of :mod:`carve.orientation`) and foreground intensity
+    statistics (per channel) of the training cases."""
     rng = np.random.default_rng(seed)
     spacings, shapes = [], []
     samples: list[list[np.ndarray]] = []
@@ -107,8 +112,9 @@ def fingerprint(images: Sequence[Path], labels: Sequence[Path], seed: int = 0) -
         elif image.shape[0] != n_channels:
             raise PlanError(f"{image_path}: {image.shape[0]} channel(s), the first case has {n_channels}")
         label, _ = read_image(label_path)
-        spacings.append(list(geometry.spacing_mm))
-        shapes.append(list(image.shape[1:]))
+        spacing, shape = canonical_spacing_and_shape(geometry, image.shape[1:])  # what the models see
+        spacings.append(list(spacing))
+        shapes.append(list(shape))
         foreground = label > 0
         take = None
         for c in range(n_channels):
@@ -165,6 +171,10 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
     values = sorted(int(v) for v in label_names)
     if values != list(range(1, len(values) + 1)):
         raise PlanError(f"label values must be 1..N without gaps, got {values}")
+    try:
+        mirror_axes = check_mirror_axes(options.mirror_axes, label_names)
+    except ValueError as err:
+        raise PlanError(f"plan.mirror_axes: {err}") from None
     patch, strides, kernels, device, budget_gb, need_gb = fit_to_memory(
         median_shape, spacing, options, len(channels), len(values) + 1
     )
@@ -175,6 +185,8 @@ def make_plans(fp: Mapping, label_names: Mapping[int, str], options: PlanOptions
         "channels": [{"name": n, "modality": m} for n, m in channels],
         "labels": {str(v): label_names[v] for v in values},
         "n_classes": len(values) + 1,
+        "orientation": CONVENTION,
+        "mirror_axes": list(mirror_axes),
         "target_spacing_mm": list(spacing),
         "median_shape_vox": list(median_shape),
         "patch_size": [int(p) for p in patch],
@@ -204,7 +216,7 @@ def load_plans(path: Path) -> dict:
         raise PlanError(
             f"{path}: plans version {plans.get('plans_version')} is not {PLANS_VERSION}; rerun the plan rule"
         )
-    for key in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "network", "channels"):
+    for key in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "network", "channels", "mirror_axes"):
         if key not in plans:
             raise PlanError(f"{path}: plans lack '{key}'")
     return plans

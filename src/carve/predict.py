@@ -1,9 +1,11 @@
 """Predict one case with a fold ensemble; labels and uncertainty maps in the case's own geometry.
 
-The ensemble (:func:`carve.inference.sliding_window_probabilities`) runs on the plan's grid with its
-accumulators in float32 (or float16 with ``half_precision``); the result goes back to the case's grid one class
-at a time (:func:`carve.uncertainty.maps_on_grid`, linear interpolation in float32), so the case's grid never
-holds a ``n_classes x volume`` array. What is written (:class:`PredictOutputs`), all on the case's own grid:
+The image is brought to the canonical orientation the models were trained in (:mod:`carve.orientation`: a
+permutation and flips of its axes, no resampling); test-time mirroring flips exactly the canonical axes that
+training flipped (``plans["mirror_axes"]``, none by default), never others. The ensemble
+(:func:`carve.inference.sliding_window_probabilities`) runs on the plan's grid with its accumulators in float32
+(or float16 with ``half_precision``); the result goes back to the case's grid one class at a time
+(:func:`carve.uncertainty.maps_on_grid`, linear interpolation in float32), so the case's grid never holds a ``n_classes x volume`` array. What is written (:class:`PredictOutputs`), all on the case's own grid:
 
 * ``labels``: uint8, the argmax of the ensemble's mean probabilities (raw: postprocessing is a later step,
   :mod:`carve.postprocess`, unless a decision is passed to :func:`predict_case`);
@@ -30,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from carve.io import Geometry, atomic_write_text, read_channels, write_image
+from carve.orientation import Reorientation, to_canonical
 from carve.preprocess import preprocess_image
 from carve.resample import resize_image
 
@@ -45,7 +48,7 @@ CONFIDENCE_SCALE = 255
 @dataclass(frozen=True)
 class PredictOptions:
     overlap: float = 0.5
-    mirror_axes: tuple[int, ...] = (0, 1, 2)
+    mirror_axes: tuple[int, ...] | None = None  # None: the axes training flipped (plans); else a subset of them
     batch_windows: int = 2
     projections: int = 0  # radial re-projections (carve.projection) added as views of the image
     projection_gamma: float = 1.25  # strength base of the projections
@@ -80,6 +83,22 @@ def plan_label_names(plans: Mapping) -> dict[int, str]:
     return {int(k): str(v) for k, v in plans["labels"].items()}
 
 
+def prediction_mirror_axes(plans: Mapping, requested: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The canonical axes flipped at test time: those training flipped (``plans["mirror_axes"]``), or a subset
+    of them; flips that training never saw are refused (a model need not be invariant to them)."""
+    trained = tuple(int(a) for a in plans.get("mirror_axes", ()))
+    if requested is None:
+        return trained
+    axes = tuple(sorted({int(a) for a in requested}))
+    unseen = [a for a in axes if a not in trained]
+    if unseen:
+        raise ValueError(
+            f"test-time mirroring on axes {unseen} that training never flipped (the plans flip {list(trained)}); "
+            "set plan.mirror_axes to train with those flips"
+        )
+    return axes
+
+
 def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, options: PredictOptions, device: str):
     """The ensemble's statistics on the plan grid (see :func:`carve.inference.sliding_window_probabilities`)."""
     import torch
@@ -93,7 +112,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         tuple(plans["patch_size"]),
         n_classes=int(plans["n_classes"]),
         overlap=options.overlap,
-        mirror_axes=tuple(options.mirror_axes),
+        mirror_axes=prediction_mirror_axes(plans, options.mirror_axes),
         batch_windows=options.batch_windows,
         device=device,
         accumulate_dtype=torch.float16 if options.half_precision else torch.float32,
@@ -110,19 +129,28 @@ def write_case_outputs(
     label_names: Mapping[int, str],
     outputs: PredictOutputs,
     postprocessing: Mapping[int, Sequence[str]] | None = None,
+    orientation: tuple[Reorientation, Geometry] | None = None,
 ) -> dict[str, float]:
-    """Bring an :class:`~carve.inference.EnsembleResult` to the case's grid and write every output."""
+    """Bring an :class:`~carve.inference.EnsembleResult` to the case's grid and write every output.
+
+    ``shape`` and ``geometry`` are the grid the result is resized to; with ``orientation`` (the
+    :class:`~carve.orientation.Reorientation` of the case and its own geometry) that grid is the canonical one
+    and every written array goes back to the case's own axis order and geometry."""
     from carve.uncertainty import maps_on_grid, scores_on_grid
 
     shape = tuple(int(s) for s in shape)
+    turn, own_geometry = orientation if orientation is not None else (Reorientation(), geometry)
 
     def resize(array: np.ndarray) -> np.ndarray:
         return resize_image(array, shape, geometry.spacing_mm, order=1)
 
+    def write_own(path: Path, array: np.ndarray) -> None:
+        write_image(path, turn.from_canonical(array), own_geometry)
+
     def write_map(path: Path | None, array: np.ndarray) -> None:
         """Write a float map rounded in place (it is not used again), or a uint8 map as it is."""
         if path is not None:
-            write_image(path, array if array.dtype == np.uint8 else np.round(array, MAP_DECIMALS, out=array), geometry)
+            write_own(path, array if array.dtype == np.uint8 else np.round(array, MAP_DECIMALS, out=array))
 
     std_maps, n_members = result.std, int(result.n_members)
     maps = maps_on_grid(result.mean_probabilities, result.mean_entropy, resize)
@@ -148,7 +176,7 @@ def write_case_outputs(
         labels = apply_postprocessing(labels, postprocessing)
     row = {"case": case, "members": n_members, **{k: float(v) for k, v in scores.items()}}
     atomic_write_text(outputs.scores, pd.DataFrame([row]).to_csv(sep="\t", index=False))
-    write_image(outputs.labels, labels, geometry)
+    write_own(outputs.labels, labels)
     counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)}
     log.info("case '%s': voxels per label value %s", case, counts)
     return row
@@ -180,7 +208,8 @@ def predict_case(
 
     torch.set_num_threads(max(1, int(threads)))
     device = select_device(device)
-    image, geometry = read_channels(image_path)  # (C, z, y, x)
+    image, own_geometry = read_channels(image_path)  # (C, z, y, x)
+    image, geometry, turn = to_canonical(image, own_geometry)
     shape = image.shape[1:]
     data, _ = preprocess_image(image, geometry, plans)
     del image
@@ -190,11 +219,13 @@ def predict_case(
 
         models = [RestrictedModel(m, plans["classes"]) for m in models]
     log.info(
-        "case '%s': %d model(s), plan grid %s, mirror axes %s, %d projection(s), device %s",
+        "case '%s': axes %s%s to canonical; %d model(s), plan grid %s, mirror axes %s, %d projection(s), device %s",
         case,
+        turn.permutation,
+        f" flipped {[j for j in range(3) if turn.flips[j]]}" if any(turn.flips) else "",
         len(models),
         data.shape[1:],
-        options.mirror_axes,
+        prediction_mirror_axes(plans, options.mirror_axes),
         options.projections,
         device,
     )
@@ -203,4 +234,6 @@ def predict_case(
     ensemble = [ensemble_probabilities(models, data, plans, options, device)]
     del data, models
     # handed over unnamed (popped), so that write_case_outputs can free the plan grid's arrays as it goes
-    return write_case_outputs(case, ensemble.pop(), shape, geometry, names, outputs, postprocessing)
+    return write_case_outputs(
+        case, ensemble.pop(), shape, geometry, names, outputs, postprocessing, orientation=(turn, own_geometry)
+    )

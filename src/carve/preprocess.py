@@ -1,7 +1,8 @@
-"""Per-case preprocessing: intensity normalisation and resampling to the plan's spacing.
+"""Per-case preprocessing: canonical orientation, intensity normalisation and resampling to the plan's spacing.
 
 Preprocessed cases are stored as ``.npz`` (no pickles): ``image`` (C, z, y, x) float32, ``label``
-(z, y, x) uint8 when known, and the resampled grid's geometry.
+(z, y, x) uint8 when known, and the resampled grid's geometry; all in the canonical orientation
+(:mod:`carve.orientation`).
 """
 
 from __future__ import annotations
@@ -76,15 +77,20 @@ def load_case(path: Path) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
 def preprocess_case(
     image_path: Path, label_path: Path | None, plans: Mapping, out: Path
 ) -> tuple[tuple[int, ...], Geometry]:
-    """Preprocess a converted case (NIfTI) and store it for training."""
+    """Preprocess a converted case (NIfTI) and store it for training, in the canonical orientation."""
     from carve.io import read_channels, read_image
+    from carve.orientation import to_canonical
 
-    image, geometry = read_channels(image_path)
+    image, own_geometry = read_channels(image_path)
+    own_shape = image.shape[1:]
+    image, geometry, turn = to_canonical(image, own_geometry)
     data, new_geometry = preprocess_image(image, geometry, plans)
     labels = None
     if label_path is not None:
         raw, _ = read_image(label_path)
-        labels = preprocess_labels(raw, geometry, plans)
+        if raw.shape != own_shape:
+            raise ValueError(f"{label_path}: label shape {raw.shape} differs from the image's {own_shape}")
+        labels = preprocess_labels(turn.to_canonical(raw), geometry, plans)
         if labels.shape != data.shape[1:]:
             raise RuntimeError(f"{label_path}: resampled label {labels.shape} != image {data.shape[1:]}")
     save_case(out, data, new_geometry, labels)

@@ -32,7 +32,7 @@ CONFIG = {
     "demo": {"n_train": 4, "n_test": 2, "seed": 1, "shape": [12, 32, 32], "spacing_mm": [3.0, 1.2, 1.2]},
     "plan": {"max_patch_voxels": 8192, "base_channels": 4, "max_channels": 16, "batch_size": 2},
     "train": {"epochs": 2, "iterations_per_epoch": 4, "time_budget_min": None},
-    "predict": {"overlap": 0.25, "mirror_axes": [2]},
+    "predict": {"overlap": 0.25},
     "learning_curve": {"sizes": list(SIZES), "draws": DRAWS},
 }
 
