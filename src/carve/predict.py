@@ -5,7 +5,8 @@ permutation and flips of its axes, no resampling); test-time mirroring flips exa
 training flipped (``plans["mirror_axes"]``, none by default), never others. The ensemble
 (:func:`carve.inference.sliding_window_probabilities`) runs on the plan's grid with its accumulators in float32
 (or float16 with ``half_precision``); the result goes back to the case's grid one class at a time
-(:func:`carve.uncertainty.maps_on_grid`, linear interpolation in float32), so the case's grid never holds a ``n_classes x volume`` array. What is written (:class:`PredictOutputs`), all on the case's own grid:
+(:func:`carve.uncertainty.maps_on_grid`, linear interpolation in float32), so the case's grid never holds a
+``n_classes x volume`` array. What is written (:class:`PredictOutputs`), all on the case's own grid:
 
 * ``labels``: uint8, the argmax of the ensemble's mean probabilities (raw: postprocessing is a later step,
   :mod:`carve.postprocess`, unless a decision is passed to :func:`predict_case`);
