@@ -12,6 +12,11 @@ Convention (used by every module of carve):
 
 NIfTI files store RAS; SimpleITK converts on read and write, so arrays and geometries seen by carve
 are always LPS. Writes are atomic: a file either exists complete or not at all.
+
+Every NIfTI carve reads has its placement checked against its own header (nibabel, header only): a sheared
+(non-orthonormal) sform, which ITK would read on an orthogonal grid, and any geometry of ITK's that puts the
+voxels elsewhere than the header does (e.g. ITK took the qform where the sform disagrees) are refused with an
+:class:`ImageReadError` naming the file, never read as a silently moved volume.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import errno
 import glob
 import gzip
+import logging
 import os
 import re
 import tempfile
@@ -27,12 +33,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
+if TYPE_CHECKING:
+    from nibabel.nifti1 import Nifti1Header
+
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MAX_DEFLATE_RATIO = 1032  # gzip (deflate) cannot shrink data more than this (RFC 1951: 258 bytes per 2 bits at best)
+# How far a NIfTI's voxel axes may depart from perpendicular: |cos| between two axes (1e-3 is 0.057 degrees).
+# Real headers are orthonormal to about 1e-4 (direction cosines written with 5-6 decimals, stored as float32).
+NIFTI_SKEW_TOLERANCE = 1e-3
+# How far ITK may put a voxel from where the header puts it: 1e-3 mm plus this times the volume's extent
+# (the largest distance, in mm, from voxel 0 to a corner). Orthogonalising axes skewed by the tolerance above
+# (as ITK does) moves a voxel by about half the skew times its distance from voxel 0: 0.15 mm across 300 mm.
+NIFTI_POSITION_TOLERANCE_MM = 1e-3
+NIFTI_POSITION_RELATIVE_TOLERANCE = NIFTI_SKEW_TOLERANCE / 2
+
+log = logging.getLogger("carve.io")
 
 
 class ImageReadError(ValueError):
@@ -185,15 +205,168 @@ def check_nifti_data(path: str | os.PathLike, full: bool = True) -> None:
         raise ImageReadError(f"{path}: truncated: {declared}, the file holds {_size(max(have, 0))} of them")
 
 
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NIFTI_FIX = (
+    "make sform, qform and pixdim agree with nibabel, keeping the placement that is right (the sform: "
+    "img = nibabel.load(f); img.set_qform(img.get_sform()); nibabel.save(img, f), which also sets pixdim; the "
+    "qform: img.set_sform(img.get_qform()) instead), or resample the image onto an orthogonal grid "
+    "(e.g. nibabel.processing.resample_to_output(img))"
+)
+
+
+def _nifti_header(path: Path) -> Nifti1Header | None:
+    """The header of a NIfTI-1/2 file (nibabel reads the header only), or None for other formats and for files
+    nibabel cannot parse (their errors are left to ITK's reader, which names them)."""
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+    except Exception:  # nibabel raises several kinds (ImageFileError, EOFError, struct errors...)
+        return None
+    return image.header if isinstance(image, nib.Nifti1Image) else None  # Nifti2Image is a Nifti1Image
+
+
+def _corners(shape: Sequence[int]) -> np.ndarray:
+    """(8, 3) index coordinates of the corner voxels of a 3D grid (NIfTI / ITK index order)."""
+    return np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)], float)
+
+
+def _apart_mm(a: np.ndarray, b: np.ndarray, corners: np.ndarray) -> float:
+    """Largest distance (mm) between where two 4x4 index-to-world matrices put the corner voxels."""
+    return float(np.linalg.norm(corners @ (a[:3, :3] - b[:3, :3]).T + (a[:3, 3] - b[:3, 3]), axis=1).max())
+
+
+def _nifti_forms(header: Nifti1Header) -> dict[str, tuple[int, np.ndarray]]:
+    """The header's placements that are set (code > 0), by name: (code, 4x4 LPS index-to-world matrix)."""
+    forms = {}
+    for name in ("sform", "qform"):
+        code = int(header[f"{name}_code"])
+        if code > 0:
+            ras = header.get_sform() if name == "sform" else header.get_qform()
+            forms[name] = (code, _RAS_TO_LPS @ np.asarray(ras, dtype=float))
+    return forms
+
+
+def _skew_degrees(matrix: np.ndarray) -> float:
+    """The largest departure from perpendicular (degrees) between two columns of a 3x3 matrix."""
+    unit = matrix / np.linalg.norm(matrix, axis=0)
+    cosines = np.abs(unit.T @ unit - np.eye(3)).max()
+    return float(np.degrees(np.arcsin(min(cosines, 1.0))))
+
+
+def _refuse_skewed_nifti(path: Path, header: Nifti1Header, shape: Sequence[int]) -> None:
+    """Refuse a NIfTI whose placement (the sform when set, as nibabel reads it) is degenerate or sheared."""
+    forms = _nifti_forms(header)
+    if not forms:
+        return  # neither form set: the header places nothing (ITK: origin 0, identity direction, pixdim spacing)
+    name = "sform" if "sform" in forms else "qform"
+    code, affine = forms[name]
+    matrix = affine[:3, :3]
+    norms = np.linalg.norm(matrix, axis=0)
+    if not np.isfinite(affine).all() or norms.min() <= 0 or abs(np.linalg.det(matrix)) <= 1e-12 * norms.prod():
+        raise ImageReadError(
+            f"{path}: the NIfTI header's {name} ({name}_code {code}) is degenerate (not finite or singular); "
+            f"it places no 3D grid: {_NIFTI_FIX}"
+        )
+    skew, allowed = _skew_degrees(matrix), float(np.degrees(np.arcsin(NIFTI_SKEW_TOLERANCE)))
+    if skew <= allowed:
+        return
+    corners = _corners(shape)
+    if name == "sform" and "qform" in forms:
+        off = _apart_mm(affine, forms["qform"][1], corners)
+        moved = f"ITK would read it by its qform (qform_code {forms['qform'][0]}) instead, which puts voxels"
+    else:
+        u, _, vt = np.linalg.svd(matrix / norms)
+        orthogonal = affine.copy()
+        orthogonal[:3, :3] = (u @ vt) * norms
+        off = _apart_mm(affine, orthogonal, corners)
+        moved = "On an orthogonal grid (ITK coerces it to one, or refuses it) voxels would lie"
+    raise ImageReadError(
+        f"{path}: the NIfTI header's {name} ({name}_code {code}) is not orthonormal: its voxel axes are sheared "
+        f"(skewed) {skew:.3g} degrees from perpendicular (carve allows {allowed:.2g} degrees). {moved} up to "
+        f"{off:.3g} mm from where the {name} puts them; carve refuses it rather than segment a moved volume. "
+        "Resample the image onto an orthogonal grid (e.g. nibabel.processing.resample_to_output(img)) or, if the "
+        f"shear is an error in the header, fix the {name} with nibabel and save the file again"
+    )
+
+
+def _itk_affine(image: sitk.Image) -> np.ndarray:
+    """4x4 LPS matrix from ITK index (i, j, k) to millimetres, of the first three axes of ``image``."""
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(image.GetSpacing()[:3], dtype=float)[None, :]
+    affine[:3, 3] = image.GetOrigin()[:3]
+    return affine
+
+
+def _check_itk_nifti_geometry(path: Path, header: Nifti1Header, image: sitk.Image) -> None:
+    """Refuse a NIfTI that ITK placed elsewhere than its header does (beyond the tolerance, at the corners)."""
+    forms = _nifti_forms(header)
+    if not forms or image.GetDimension() < 3:
+        return
+    name = "sform" if "sform" in forms else "qform"  # nibabel's choice, and the NIfTI convention's
+    code, affine = forms[name]
+    itk = _itk_affine(image)
+    corners = _corners(image.GetSize()[:3])
+    extent = float(np.linalg.norm(corners @ affine[:3, :3].T, axis=1).max())
+    tolerance = NIFTI_POSITION_TOLERANCE_MM + NIFTI_POSITION_RELATIVE_TOLERANCE * extent
+    off = _apart_mm(itk, affine, corners)
+    other = "qform" if name == "sform" else "sform"
+    if off <= tolerance:
+        if other in forms and (apart := _apart_mm(affine, forms[other][1], corners)) > tolerance:
+            log.warning(
+                "%s: the NIfTI header's sform and qform disagree by up to %.3g mm at the volume's corners; carve "
+                "(ITK) uses the %s (%s_code %d), as nibabel does",
+                path,
+                apart,
+                name,
+                name,
+                code,
+            )
+        return
+    why = []
+    if other in forms and _apart_mm(itk, forms[other][1], corners) <= tolerance:
+        apart = _apart_mm(affine, forms[other][1], corners)
+        why.append(
+            f"ITK took the {other} ({other}_code {forms[other][0]}), which disagrees with the {name} by up to "
+            f"{apart:.3g} mm"
+        )
+    spacing_itk = np.asarray(image.GetSpacing()[:3], dtype=float)
+    spacing_header = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.abs(spacing_itk - spacing_header).max() > 1e-4 * spacing_header.max():
+        why.append(
+            f"ITK's voxel size {_round(spacing_itk)} mm (from pixdim) is not the {name}'s {_round(spacing_header)} mm"
+        )
+    reason = f": {'; '.join(why)}" if why else ""
+    raise ImageReadError(
+        f"{path}: ITK, which carve reads images with, places the voxels of this NIfTI up to {off:.3g} mm from where "
+        f"its header's {name} ({name}_code {code}) does, at the volume's corners (carve allows {tolerance:.2g} "
+        f"mm){reason}. carve refuses it rather than segment a moved volume: {_NIFTI_FIX}"
+    )
+
+
+def _round(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(round(float(v), 4) for v in values)
+
+
 def _read_scalar(path: Path) -> sitk.Image:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    header = _nifti_header(path)
+    if header is not None:  # before ITK, which would read a sheared sform on an orthogonal grid (or fail obscurely)
+        shape = ([max(int(n), 1) for n in header.get_data_shape()] + [1, 1, 1])[:3]
+        _refuse_skewed_nifti(path, header, shape)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise ImageReadError(f"{path}: cannot be read as an image ({_itk_reason(err)})") from None
+    if header is not None:
+        _check_itk_nifti_geometry(path, header, image)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageReadError(
             f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "

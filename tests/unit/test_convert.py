@@ -169,3 +169,58 @@ def test_label_values_mapped_into_the_runs_labels(case):
     np.testing.assert_array_equal(mapped == 3, labels == 1)
     np.testing.assert_array_equal(mapped == 1, labels == 2)
     assert set(np.unique(mapped)) == {0, 1, 3}
+
+
+def _sheared_nifti(path, shape: tuple[int, ...] = (6, 7, 8)):
+    """A NIfTI (nibabel) whose sform leans its j axis 9.5 degrees towards x, with an orthogonal qform beside it."""
+    import nibabel as nib
+
+    sform = np.diag([2.0, 3.0, 4.0, 1.0])
+    sform[:3, 3] = (10.0, 20.0, 30.0)
+    qform = sform.copy()
+    sform[0, 1] = 0.5
+    image = nib.Nifti1Image(np.ones(shape, np.float32), None)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=1)
+    image.header.set_zooms(tuple(np.linalg.norm(sform[:3, :3], axis=0)) + tuple(image.header.get_zooms()[3:]))
+    nib.save(image, str(path))
+    return path
+
+
+def test_sheared_image_refused_naming_case_and_file_nothing_written(tmp_path) -> None:
+    from carve.convert import ChannelSpec
+
+    _sheared_nifti(tmp_path / "sheared.nii.gz")
+    out = tmp_path / "out" / "image.nii.gz"
+    with pytest.raises(ConversionError, match=r"^case 's1': \S*sheared\.nii\.gz: .*sform.*is not orthonormal"):
+        convert_image("s1", tmp_path / "sheared.nii.gz", out)
+    assert not out.exists()
+    _sheared_nifti(tmp_path / "sheared4d.nii.gz", shape=(6, 7, 8, 2))  # the 4D path (one volume per channel)
+    with pytest.raises(ConversionError, match=r"^case 's2': \S*sheared4d\.nii\.gz: .*not orthonormal"):
+        convert_image("s2", tmp_path / "sheared4d.nii.gz", out, channels=[ChannelSpec("a"), ChannelSpec("b")])
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_sheared_label_refused_naming_case_and_file_nothing_written(case) -> None:
+    src, out, image, labels, geometry = case
+    _sheared_nifti(src / "sheared_label.nii.gz", shape=image.shape[::-1])
+    with pytest.raises(ConversionError, match=r"^case 'c1': \S*sheared_label\.nii\.gz: .*not orthonormal"):
+        convert_label("c1", src / "sheared_label.nii.gz", out / "image.nii.gz", out / "label.nii.gz", LABELS)
+    assert not (out / "label.nii.gz").exists()
+
+
+def test_sform_qform_disagreement_refused_naming_case(tmp_path) -> None:
+    import nibabel as nib
+
+    sform = np.diag([2.0, 3.0, 4.0, 1.0])
+    qform = sform.copy()
+    qform[0, 3] = 5.0
+    image = nib.Nifti1Image(np.ones((6, 7, 8), np.int16), None)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)  # ITK reads the qform of such a header, nibabel (and most tools) the sform
+    image.header.set_zooms((2.0, 3.0, 4.0))
+    nib.save(image, str(tmp_path / "two.nii.gz"))
+    with pytest.raises(ConversionError, match=r"^case 'q1': \S*two\.nii\.gz: .*ITK took the qform.*by up to 5 mm"):
+        convert_image("q1", tmp_path / "two.nii.gz", tmp_path / "out.nii.gz")
+    assert not (tmp_path / "out.nii.gz").exists()
