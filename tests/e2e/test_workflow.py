@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import trimesh
+from conftest import assert_dciodvfy_clean
 
 from carve.io import read_image
 
@@ -154,6 +155,7 @@ def test_dicom_seg_round_trips_to_the_prediction(run):
         seg = r / "dicom" / case / "segmentation.seg.dcm"
         back = read_label_object(seg, prediction.shape, geometry, {1: "organ", 2: "lobe"})
         np.testing.assert_array_equal(back, prediction)
+        assert_dciodvfy_clean(seg, "SEG")  # what the pipeline writes is valid DICOM, not only readable by carve
 
 
 def test_no_patient_identifier_in_outputs_logs_or_names(run):
