@@ -1,28 +1,32 @@
 """Benchmark: carve and nnU-Net v2 trained on the same hippocampus folds with the same budget; held-out Dice.
 
-    CARVE_SHARED_DATA=/work/shared/data python bench/bench_training_quality.py [--budget-min 5] \\
-        [--folds 0 1 2 3 4] [--work /tmp/carve-bench-nnunet] [--out bench/results/training_quality.md]
+    CARVE_SHARED_DATA=/work/shared/data python bench/bench_training_quality.py [--budget-min 5] [--folds 5] \\
+        [--work /tmp/carve-bench-nnunet] [--out bench/results/training_quality.md] [--skip-nnunet]
 
 Runs with the main venv's python; the nnU-Net side runs in bench/.venv-nnunet (bench/requirements-nnunet.txt),
-as subprocesses. Folds are bench/train_hippocampus.py's: the 10 cases of hippocampus10 sorted by name, fold f
-holds out cases 2f and 2f+1 and trains on the other 8; nnU-Net gets them as its splits_final.json. Per fold, one
-after the other (carve first):
+as subprocesses. carve first, then nnU-Net fold by fold:
 
-* carve: bench/train_hippocampus.py's recipe (its ``load_cases`` and ``build_config`` with no overrides, seed 0),
-  ``train_fold`` with ``--budget-min`` minutes and ``--threads`` threads, then ``predict_volume`` (one pass, no
-  mirroring) on the 2 held-out cases;
-* nnU-Net: ``nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainer_carveBudget -device cpu`` with the same
-  budget and threads (bench/nnunet/nnUNetTrainer_carveBudget.py: nnU-Net's own plan, augmentation, batch and
-  deep supervision; its poly decay over wall-clock time), then nnU-Net's predictor (sliding window, Gaussian
-  weighting) on the 2 held-out cases, without and with test-time mirroring (8 passes: the original and its flips
-  along every combination of the 3 axes).
+* carve as a user runs it (bench/pipeline_run.py): a cases sheet of hippocampus10 (all 10 cases role train) and a
+  config with only ``cases``, ``results``, ``labels``, ``modality`` and the keys this benchmark sets
+  (``train.time_budget_min`` = ``--budget-min``; ``folds``, ``seed``, ``threads`` when given), then the Snakefile's
+  default target (``snakemake --cores``) in ``--work``/carve. Its folds are the seeded split it writes to
+  results/splits.json. Each fold is scored on its held-out cases from the written files: ``cv/{case}.nii.gz``
+  (postprocessed, what ships; the pipeline's test-time mirroring and sliding window) and ``cv_raw/`` (before
+  postprocessing); training seconds are snakemake's benchmark of the train_fold job, inference seconds those of
+  the predict_cv jobs of the fold's held-out cases (uncertainty maps included);
+* nnU-Net: carve's splits.json becomes nnU-Net's splits_final.json, so nnU-Net's fold k trains and holds out the
+  same cases as carve's fold k; ``nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainer_carveBudget -device
+  cpu`` with the same budget and as many threads as one carve training job gets (bench/nnunet/
+  nnUNetTrainer_carveBudget.py: nnU-Net's own plan, augmentation, batch and deep supervision; its poly decay over
+  wall-clock time), then nnU-Net's predictor (sliding window, Gaussian weighting) on the held-out cases, without
+  and with test-time mirroring (8 passes: the original and its flips along every combination of the 3 axes).
 
-Both sides' segmentations are scored on the original grid with the same function (``carve.train.dice_per_label``)
-against the reference labels. Wall and CPU seconds (process plus children, ``resource.getrusage``) cover the
-training call: carve's ``train_fold`` in this process, nnU-Net's whole ``nnUNetv2_train`` process (start-up and
-data-loader workers included). Planning and preprocessing run once (``nnUNetv2_plan_and_preprocess``) and are
-reused from ``--work`` by later runs. The markdown table goes to ``--out`` and to stdout, the raw numbers (JSON)
-to ``--work``/results.json.
+Both sides' segmentations are scored on the original grid with the same function (``pipeline_run.dice_per_label``,
+carve.metrics) against hippocampus10's labels. nnU-Net's wall and CPU seconds (process plus children,
+``resource.getrusage``) cover its whole ``nnUNetv2_train`` process (start-up and data-loader workers included).
+Planning and preprocessing run once (``nnUNetv2_plan_and_preprocess``) and are reused from ``--work`` by later runs.
+``--skip-nnunet`` runs the carve side alone (then ``--iterations`` may replace the time budget). The markdown goes
+to ``--out`` and to stdout, the raw numbers (JSON) beside it.
 """
 
 from __future__ import annotations
@@ -30,58 +34,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import torch
-from machine import cpu_model
-from train_hippocampus import build_config, load_cases
+import pipeline_run as pr
+from pipeline_run import run_logged
 
 from carve.io import read_image
-from carve.network import forward_flops, load_model
-from carve.train import TrainConfig, dice_per_label, predict_volume, train_fold
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "results" / "training_quality.md"
+WORK = Path("/tmp/carve-bench-nnunet")  # nnU-Net's folders; carve's run in carve/ below it
 TRAINER_FILE = BENCH / "nnunet" / "nnUNetTrainer_carveBudget.py"
 TRAINER = TRAINER_FILE.stem
 DATASET_ID = 994
 DATASET = f"Dataset{DATASET_ID}_Hippocampus10"
 CONFIGURATION = "3d_fullres"
-LABELS = ("anterior", "posterior")
-N_CLASSES = 1 + len(LABELS)
-
-
-# ---- folds and measurement -----------------------------------------------------------------------------------
-def fold_indices(fold: int, n: int) -> list[int]:
-    """Held-out case indices of ``fold``: as bench/train_hippocampus.py."""
-    return sorted({2 * fold % n, (2 * fold + 1) % n})
-
-
-def cpu_seconds() -> float:
-    """User plus system CPU seconds of this process and of its children that have been waited for."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def run_logged(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
-    """Run ``cmd`` with its output into ``log``; (wall seconds, CPU seconds of it and its children)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    wall, cpu = time.monotonic(), cpu_seconds()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    wall, cpu = time.monotonic() - wall, cpu_seconds() - cpu
-    if rc:
-        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {rc}); end of {log}:\n{tail}")
-    return wall, cpu
+LABELS = tuple(pr.LABELS.values())
+CARVE_INFERENCE = ("pipeline: cv/ (postprocessed)", "pipeline: cv_raw/ (before postprocessing)")
 
 
 # ---- nnU-Net side --------------------------------------------------------------------------------------------
@@ -155,17 +129,13 @@ class NnUNet:
         shutil.rmtree(self.preprocessed, ignore_errors=True)
         cmd = [self.bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION]
         cmd += ["-np", self.env["nnUNet_def_n_proc"], "-npfp", self.env["nnUNet_def_n_proc"]]
-        seconds = run_logged(cmd + ["--verify_dataset_integrity"], self.env, self.work / "logs" / "plan.log")
+        seconds = run_logged(cmd + ["--verify_dataset_integrity"], self.work / "logs" / "plan.log", self.env)
         marker.write_text(json.dumps(names))
         return seconds
 
-    def write_splits(self, names: list[str]) -> None:
-        n, folds = len(names), []
-        for fold in range(n // 2):
-            held_out = fold_indices(fold, n)
-            folds.append(
-                {"train": [c for i, c in enumerate(names) if i not in held_out], "val": [names[i] for i in held_out]}
-            )
+    def write_splits(self, splits: list[dict[str, list[str]]]) -> None:
+        """carve's folds (its results/splits.json) as nnU-Net's splits_final.json: fold k is the same fold."""
+        folds = [{"train": list(f["train"]), "val": list(f["val"])} for f in splits]
         (self.preprocessed / "splits_final.json").write_text(json.dumps(folds, indent=1))
 
     def plan(self) -> dict:
@@ -175,7 +145,7 @@ class NnUNet:
     def train(self, fold: int) -> dict:
         shutil.rmtree(self.model / f"fold_{fold}", ignore_errors=True)
         cmd = [self.bin("nnUNetv2_train"), str(DATASET_ID), CONFIGURATION, str(fold), "-tr", TRAINER, "-device", "cpu"]
-        wall, cpu = run_logged(cmd, self.env, self.work / "logs" / f"nnunet_train_fold{fold}.log")
+        wall, cpu = run_logged(cmd, self.work / "logs" / f"nnunet_train_fold{fold}.log", self.env)
         summary = json.loads((self.model / f"fold_{fold}" / "carve_budget.json").read_text())
         return {**summary, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
 
@@ -186,69 +156,50 @@ class NnUNet:
         images = [str(self.raw / "imagesTr" / f"{name}_0000.nii.gz") for name in names]
         cmd = [self.bin("python"), str(TRAINER_FILE), "predict", "--model", str(self.model), "--fold", str(fold)]
         log = self.work / "logs" / f"nnunet_predict_fold{fold}.log"
-        run_logged([*cmd, "--out", str(folder), *images], self.env, log)
+        run_logged([*cmd, "--out", str(folder), *images], log, self.env)
         seconds = json.loads(log.read_text().strip().splitlines()[-1])
         return folder, seconds
 
 
 # ---- one fold per tool ---------------------------------------------------------------------------------------
-def scores(predictions: list[np.ndarray], references: list[np.ndarray]) -> dict:
-    per_case = [dice_per_label(p, r, N_CLASSES) for p, r in zip(predictions, references, strict=True)]
-    dice = np.mean(per_case, axis=0)
-    return {"dice": [round(float(d), 4) for d in dice], "mean_dice": round(float(dice.mean()), 4)}
+def as_row(dice: dict[str, float]) -> dict:
+    """Per-label Dice (name -> value) as the table's ``dice`` list and ``mean_dice``."""
+    values = [dice[name] for name in LABELS]
+    return {"dice": [round(float(d), 4) for d in values], "mean_dice": round(float(np.mean(values)), 4)}
 
 
-def carve_fold(cases, config: TrainConfig, fold: int, out_dir: Path, threads: int) -> dict:
-    held_out = fold_indices(fold, len(cases))
-    train = [(img, lab) for i, (_, img, lab) in enumerate(cases) if i not in held_out]
-    val = [cases[i] for i in held_out]
-    for name in ("checkpoint.pt", "model.pt"):
-        (out_dir / name).unlink(missing_ok=True)
-    wall, cpu = time.monotonic(), cpu_seconds()
-    model_path = train_fold(train, [(img, lab) for _, img, lab in val], config, out_dir, threads=threads)
-    wall, cpu = time.monotonic() - wall, cpu_seconds() - cpu
-    start = time.monotonic()
-    model, extra = load_model(model_path)
-    predictions = [predict_volume(model, img, config.patch_size).argmax(0) for _, img, _ in val]
-    inference_s = time.monotonic() - start
+def carve_fold(fold: dict) -> dict:
+    """A fold of the scored pipeline run (pipeline_run.score_run) in the table's form."""
+    seconds = fold["predict_seconds"]
     return {
         "tool": "carve",
-        "iterations": extra["iterations"],
-        "seconds": round(wall, 1),
-        "cpu_seconds": round(cpu, 1),
+        "iterations": fold["iterations"],
+        "seconds": fold["seconds"],
+        "cpu_seconds": fold["cpu_seconds"],
         "inference": {
-            "one pass": {"seconds": round(inference_s, 2), **scores(predictions, [lab for _, _, lab in val])}
+            CARVE_INFERENCE[0]: {"seconds": seconds, **as_row(fold["dice"])},
+            CARVE_INFERENCE[1]: {"seconds": seconds, **as_row(fold["dice_raw"])},
         },
     }
 
 
-def nnunet_fold(nnunet: NnUNet, cases, fold: int) -> dict:
-    held_out = [cases[i] for i in fold_indices(fold, len(cases))]
+def nnunet_fold(nnunet: NnUNet, data: Path, fold: int, held_out: list[str]) -> dict:
     result = {"tool": "nnU-Net", **nnunet.train(fold), "inference": {}}
-    folder, seconds = nnunet.predict(fold, [name for name, _, _ in held_out])
+    folder, seconds = nnunet.predict(fold, held_out)
     for mode, label in (("no_mirroring", "sliding window"), ("mirroring", "sliding window, mirrored x8")):
-        predictions = []
-        for name, _, reference in held_out:
+        per_case = []
+        for name in held_out:
             prediction, _ = read_image(folder / mode / f"{name}.nii.gz")
+            reference, _ = read_image(pr.reference_label(data, name))
             if prediction.shape != reference.shape:
                 raise SystemExit(f"{name}: nnU-Net's prediction is {prediction.shape}, the reference {reference.shape}")
-            predictions.append(prediction)
-        references = [lab for _, _, lab in held_out]
-        result["inference"][label] = {"seconds": seconds[mode], **scores(predictions, references)}
+            per_case.append(pr.dice_per_label(prediction, reference))
+        dice = {n: float(np.mean([c[n] for c in per_case])) for n in LABELS}
+        result["inference"][label] = {"seconds": seconds[mode], **as_row(dice)}
     return result
 
 
 # ---- report --------------------------------------------------------------------------------------------------
-def machine_line(nnunet_versions: dict[str, str]) -> str:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = f", load average {os.getloadavg()[0]:.1f} at the start" if hasattr(os, "getloadavg") else ""
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores ({usable} usable{load}), Python {platform.python_version()}; "
-        f"carve {version('carve')} with torch {torch.__version__}; nnunetv2 {nnunet_versions['nnunetv2']} "
-        f"with torch {nnunet_versions['torch']} (its own venv)"
-    )
-
-
 def iterations_cell(r: dict) -> str:
     if r["tool"] == "carve":
         return str(r["iterations"])
@@ -283,115 +234,131 @@ def mean_result(results: list[dict]) -> dict:
 
 def render(run: dict) -> str:
     folds = run["folds"]
-    carve = [f["carve"] for f in folds]
-    nnunet = [f["nnunet"] for f in folds]
-    budget = run["budget_min"]
-    plan = run["nnunet_plan"]
-    fold_list = " ".join(str(f["fold"]) for f in folds)
-    overhead = np.mean([r["seconds"] - r["train_seconds"] for r in nnunet])
+    tools = ["carve"] + ([] if run["skip_nnunet"] else ["nnunet"])
+    budget = run["budget"]
+    pipeline = run["carve"]["run"]
     header = (
-        "| fold | tool | iterations | training wall s | training CPU s | inference | inference s (2 cases) "
-        "| Dice anterior | Dice posterior | mean Dice |"
+        "| fold | tool | iterations | training wall s | training CPU s | inference | inference s (held-out cases) "
+        f"| Dice {LABELS[0]} | Dice {LABELS[1]} | mean Dice |"
     )
     rule = "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"
+    held = "; ".join(f"fold {f['fold']}: {', '.join(f['val'])}" for f in folds)
     lines = [
-        "# Quality at equal budget: carve and nnU-Net v2 on hippocampus folds",
+        "# Quality at equal budget: carve (as a user runs it) and nnU-Net v2 on hippocampus folds"
+        if not run["skip_nnunet"]
+        else "# Quality of carve as a user runs it on hippocampus folds (nnU-Net skipped)",
         "",
         f"Machine: {run['machine']}.",
         "",
-        f"`CARVE_SHARED_DATA=... python bench/bench_training_quality.py --budget-min {budget:g} --folds {fold_list}`;"
-        f" {budget:g} minutes of wall clock on {run['threads']} threads per fold and tool; whole run "
-        f"{run['total_s'] / 60:.0f} min.",
+        f"`{run['command']}`; {budget} per fold"
+        + ("" if run["skip_nnunet"] else f" and tool, {run['threads']} threads per training job")
+        + f"; carve's whole pipeline run {pipeline['wall_s'] / 60:.1f} min (`snakemake --cores {pipeline['cores']}`), "
+        f"whole benchmark {run['total_s'] / 60:.0f} min.",
         "",
-        "Method: on each fold of the 10 MSD hippocampus cases (sorted by name; fold f holds out cases 2f and 2f+1 "
-        "and trains on the other 8), carve (bench/train_hippocampus.py's recipe) and then nnU-Net v2 (its own "
-        f"{CONFIGURATION} plan, augmentation, batch and deep supervision, with its poly learning-rate decay run over "
-        "wall-clock time: bench/nnunet/nnUNetTrainer_carveBudget.py) trained to the same budget, and each fold's "
-        "model segmented the 2 held-out cases, scored with the same Dice function on the original grid.",
+        f"Method: the {len(run['carve']['scores']['splits'])} folds of the 10 MSD hippocampus cases are carve's seeded "
+        f"split (its results/splits.json; held out: {held}). carve ran as a user runs it: the Snakefile's default "
+        "target with a config that sets only what a user must and the keys listed below (bench/pipeline_run.py); "
+        "each fold's Dice is that of the written cross-validation predictions of its held-out cases (cv/: "
+        "postprocessed, what ships; cv_raw/: before postprocessing)."
+        + (
+            ""
+            if run["skip_nnunet"]
+            else " nnU-Net v2 then trained each fold on the same cases (carve's splits as its splits_final.json) with "
+            f"its own {CONFIGURATION} plan, augmentation, batch and deep supervision, its poly learning-rate decay "
+            "run over wall-clock time (bench/nnunet/nnUNetTrainer_carveBudget.py), to the same budget, and "
+            "segmented the held-out cases. Both are scored with the same Dice function (carve.metrics) against the "
+            "labels on the original grid."
+        ),
         "",
         header,
         rule,
     ]
     for f in folds:
-        for r in (f["carve"], f["nnunet"]):
+        for tool in tools:
+            r = f[tool]
             lines += [row(f["fold"], r, inference) for inference in r["inference"]]
+    fold_list = " ".join(str(f["fold"]) for f in folds)
     lines += ["", f"Means over folds {fold_list}:", "", header, rule]
-    for results in (carve, nnunet):
-        m = mean_result(results)
+    for tool in tools:
+        m = mean_result([f[tool] for f in folds])
         lines += [row("mean", m, inference) for inference in m["inference"]]
-    lines += [
-        "",
-        f"carve: network {run['carve_network']}, patch {'x'.join(map(str, run['carve_patch']))}, batch "
-        f"{run['carve_batch']}, {run['carve_gflop']:.0f} GFLOP per iteration; inference one pass over the whole "
-        f"volume, no mirroring. nnU-Net: plan patch {'x'.join(map(str, plan['patch_size']))}, batch "
-        f"{plan['batch_size']}; iterations as epochs x iterations per epoch (+ the last, partial epoch); its "
-        f"training wall time includes on average {overhead:.0f} s outside the budgeted loop (process start, data "
-        "loaders, checkpoints), its CPU seconds its data-augmentation workers; inference seconds include loading "
-        "the model (in the pass without mirroring). nnU-Net's training is not seeded: one run per fold.",
-        "",
-    ]
+    scores = run["carve"]["scores"]
+    lines += ["", f"carve: {pr.network_line(scores)}; inference as the pipeline predicts (its defaults)."]
+    if not run["skip_nnunet"]:
+        plan = run["nnunet_plan"]
+        overhead = np.mean([f["nnunet"]["seconds"] - f["nnunet"]["train_seconds"] for f in folds])
+        lines[-1] += (
+            f" nnU-Net: plan patch {'x'.join(map(str, plan['patch_size']))}, batch {plan['batch_size']}; iterations "
+            "as epochs x iterations per epoch (+ the last, partial epoch); its training wall time includes on "
+            f"average {overhead:.0f} s outside the budgeted loop (process start, data loaders, checkpoints), its CPU "
+            "seconds its data-augmentation workers; inference seconds include loading the model (in the pass "
+            "without mirroring). nnU-Net's training is not seeded: one run per fold."
+        )
+    lines += ["", "## carve's pipeline run", "", *pr.config_section(pipeline), *pr.score_sections(scores)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-min", type=float, default=5.0, help="training budget per fold and tool, minutes")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/carve-bench-nnunet"), help="nnU-Net's folders etc.")
-    parser.add_argument("--out", type=Path, default=OUT, help="markdown file to write")
+    pr.add_run_arguments(parser, 5.0, WORK, OUT, "carve's budget in training iterations (only with --skip-nnunet)")
+    parser.add_argument("--skip-nnunet", action="store_true", help="run and report the carve side only")
     parser.add_argument("--nnunet-venv", type=Path, default=BENCH / ".venv-nnunet")
     args = parser.parse_args(argv)
-    data = os.environ.get("CARVE_SHARED_DATA")
-    if not data:
-        raise SystemExit("set CARVE_SHARED_DATA to the shared data folder (it holds hippocampus10/)")
-    data = Path(data) / "hippocampus10"
+    if args.iterations is not None:
+        if not args.skip_nnunet:
+            raise SystemExit(
+                "--iterations: nnU-Net's side trains to a time budget; give --budget-min, or --skip-nnunet"
+            )
+        args.budget_min = None
+    command = pr.command_line("bench_training_quality.py", argv)
+    data = pr.shared_data()
     start = time.monotonic()
     work = args.work.resolve()
-    nnunet = NnUNet(args.nnunet_venv.resolve(), work, args.budget_min, args.threads)
-    nnunet_versions = nnunet.versions()
-    machine = machine_line(nnunet_versions)
-    nnunet.install_trainer()
-    names = nnunet.build_raw(data)
-    cases = load_cases(data)
-    if [name for name, _, _ in cases] != names:
-        raise SystemExit("carve's and nnU-Net's case orders differ")
-    if any(not 0 <= f < len(cases) // 2 for f in args.folds):
-        raise SystemExit(f"folds are 0..{len(cases) // 2 - 1}")
-    prep = nnunet.plan_and_preprocess(names)
-    if prep:
-        print(f"nnU-Net plan and preprocessing: {prep[0]:.0f} s ({prep[1]:.0f} CPU-s)", file=sys.stderr, flush=True)
-    nnunet.write_splits(names)
-    config = build_config(argparse.Namespace(set=[], budget_min=args.budget_min, epochs=None, seed=0))
+    # as many threads as snakemake gives one carve training job: the config's (or the schema's) capped by --cores
+    threads = min(args.threads or pr.defaults()["threads"], args.cores)
+    nnunet = None
+    if not args.skip_nnunet:
+        nnunet = NnUNet(args.nnunet_venv.resolve(), work, args.budget_min, threads)
+        nnunet_versions = nnunet.versions()
+        nnunet.install_trainer()
+        if nnunet.build_raw(data) != pr.case_names(data):
+            raise SystemExit("carve's and nnU-Net's cases differ")
+    pipeline, scores = pr.run_and_score(args, work / "carve", data)
+    machine = pipeline["machine"]
+    carve_budget = pipeline["config"].get("train", {})
+    if nnunet is not None and (carve_budget.get("epochs") or carve_budget.get("time_budget_min") != args.budget_min):
+        raise SystemExit(f"carve's run in {work / 'carve'} trained to {pr.budget_text(pipeline)}, not --budget-min")
     run = {
+        "command": command,
         "machine": machine,
+        "budget": pr.budget_text(pipeline),
         "budget_min": args.budget_min,
-        "threads": args.threads,
-        "nnunet_plan": nnunet.plan(),
-        "carve_network": "-".join(map(str, config.network.channels)),
-        "carve_patch": list(config.patch_size),
-        "carve_batch": config.batch_size,
-        "carve_gflop": 3 * config.batch_size * forward_flops(config.network, config.patch_size) / 1e9,
-        "folds": [],
+        "threads": threads,
+        "skip_nnunet": args.skip_nnunet,
+        "carve": {"run": pipeline, "scores": scores},
+        "folds": [{"fold": f["fold"], "val": f["val"], "carve": carve_fold(f)} for f in scores["folds"]],
     }
-    for fold in args.folds:
-        result = {"fold": fold, "carve": carve_fold(cases, config, fold, work / "carve" / f"fold{fold}", args.threads)}
-        result["nnunet"] = nnunet_fold(nnunet, cases, fold)
-        run["folds"].append(result)
-        for r in (result["carve"], result["nnunet"]):
-            dice = ", ".join(f"{k} {v['mean_dice']:.3f}" for k, v in r["inference"].items())
-            print(
-                f"fold {fold} {r['tool']}: {r['iterations']} iterations, {r['seconds']:.0f} s "
-                f"({r['cpu_seconds']:.0f} CPU-s); mean Dice {dice}",
-                file=sys.stderr,
-                flush=True,
-            )
+    if nnunet is not None:
+        run["machine"] = (
+            f"{machine}; nnunetv2 {nnunet_versions['nnunetv2']} with torch {nnunet_versions['torch']} (its own venv)"
+        )
+        prep = nnunet.plan_and_preprocess(pr.case_names(data))
+        if prep:
+            print(f"nnU-Net plan and preprocessing: {prep[0]:.0f} s ({prep[1]:.0f} CPU-s)", file=sys.stderr, flush=True)
+        nnunet.write_splits(scores["splits"])
+        run["nnunet_plan"] = nnunet.plan()
+        for f in run["folds"]:
+            f["nnunet"] = nnunet_fold(nnunet, data, f["fold"], f["val"])
+            for r in (f["carve"], f["nnunet"]):
+                dice = ", ".join(f"{k} {v['mean_dice']:.3f}" for k, v in r["inference"].items())
+                print(
+                    f"fold {f['fold']} {r['tool']}: {r['iterations']} iterations, {r['seconds']:.0f} s "
+                    f"({r['cpu_seconds']:.0f} CPU-s); mean Dice {dice}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     run["total_s"] = time.monotonic() - start
-    (work / "results.json").write_text(json.dumps(run, indent=1))
-    text = render(run)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    pr.write_outputs(render(run), run, args.out, args.json)
     return 0
 
 

@@ -6,8 +6,9 @@
 
 Each benchmark runs both sides of its comparison in the same process, alternating, and writes its own
 bench/results/<name>.md; ratios are what to compare across machines, absolute times only on the same one.
-Long measurements are run by hand: bench/train_hippocampus.py (docs/training.md), bench/bench_training_quality.py
-(nnU-Net and carve at equal training budget), bench/bench_inference.py (ensemble inference against MONAI and
+Long measurements are run by hand: bench/train_hippocampus.py (carve's cross-validation Dice on hippocampus10,
+run through the Snakefile as a user runs it; docs/training.md), bench/bench_training_quality.py (nnU-Net and that
+same pipeline run at equal training budget), bench/bench_inference.py (ensemble inference against MONAI and
 nnU-Net) and bench/bench_multidomain.py (shared against individual models); their results land in bench/results/
 and are collected here too.
 """
