@@ -7,7 +7,7 @@ CORES  ?= all
 # Extra pip arguments, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu" for a CPU-only torch.
 PIP_ARGS ?=
 
-.PHONY: setup demo test lint unit e2e lock clean
+.PHONY: setup demo test lint unit e2e lock clean config-doc
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ unit: setup
 
 e2e: setup
 	$(BIN)/python -m pytest -q tests/e2e
+
+# config/README.md from the config schema (a unit test checks they agree).
+config-doc: setup
+	$(BIN)/python -m carve.config_doc
 
 # Re-resolve requirements.in into the exact lock (torch's local version suffix is dropped).
 lock:

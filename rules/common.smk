@@ -53,8 +53,8 @@ validate(config, "../workflow/schemas/config.schema.yaml", set_default=True)
 
 
 def _datasets():
-    """`datasets`: several datasets, one network; the run's labels are the union of theirs (carve.multidomain)."""
-    from carve.multidomain import DatasetSpec, union_label_names
+    """`datasets`: several datasets, one network; the run's labels are the union of theirs (carve.labels)."""
+    from carve.labels import DatasetSpec, union_label_names
 
     block = config.get("datasets") or {}
     if BUNDLE is not None:  # a bundle trained on several datasets: its plans name them
@@ -207,7 +207,7 @@ def case_label_source(wildcards):
     """(the label values -> names in the case's own file, the map from them to the run's values)."""
     if not DATASETS:
         return {"labels": LABELS, "to_values": None}
-    from carve.multidomain import union_values
+    from carve.labels import union_values
 
     spec = DATASETS[CASES[wildcards.case].dataset]
     return {"labels": dict(spec.labels), "to_values": union_values(spec, LABELS)}
@@ -217,7 +217,7 @@ def plan_datasets():
     """Per dataset: modality, its training cases (indices into the plan's inputs) and its classes; None for one."""
     if not DATASETS:
         return None
-    from carve.multidomain import annotated_classes
+    from carve.labels import annotated_classes
 
     return {
         name: {
@@ -241,7 +241,7 @@ def dataset_train_cases(dataset):
 
 def dataset_label_names(dataset):
     """A dataset's labels in the run's values."""
-    from carve.multidomain import union_values
+    from carve.labels import union_values
 
     return {v: LABELS[v] for v in sorted(union_values(DATASETS[dataset], LABELS).values())}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import carve
+from carve.errors import CarveError
 from carve.provenance import sha256_file
 
 BUNDLE_FORMAT = "carve-bundle"
@@ -27,7 +28,7 @@ BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
 
 
-class BundleError(ValueError):
+class BundleError(CarveError, ValueError):
     """A bundle that cannot be used."""
 
 

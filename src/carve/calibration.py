@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import ndimage
 
+from carve.errors import InputError
 from carve.io import atomic_write_text, read_image
 from carve.report import plot_style, save_png, spearman
 
@@ -219,9 +220,9 @@ def review_list(
     ``cv_percentile`` is the fraction of those cross-validation cases with a lower score.
     """
     if score not in scores.columns:
-        raise ValueError(f"no score '{score}' in the uncertainty tables (have {', '.join(scores.columns[1:])})")
+        raise InputError(f"no score '{score}' in the uncertainty tables (have {', '.join(scores.columns[1:])})")
     if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"the review quantile must be in [0, 1], got {quantile}")
+        raise InputError(f"the review quantile must be in [0, 1], got {quantile}")
     table = scores[["case", score, "foreground_voxels"]].copy()
     table["set"] = np.where(table["case"].isin(list(cv_cases)), "cv", "test")
     empty = table["foreground_voxels"].eq(0)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import carve
+from carve.errors import CarveError
 
 REPO = Path(__file__).resolve().parents[2]  # src/carve/cli.py -> the repository (editable install)
 SNAKEFILE = REPO / "Snakefile"
@@ -28,10 +29,6 @@ PROFILES = REPO / "profiles"
 PREDICT_WORK = Path("logs") / "carve"  # below OUT: the provenance manifest does not record logs/
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 CORES_FLAGS = ("--cores", "-c", "--jobs", "-j")
-
-
-class CarveError(Exception):
-    """A problem reported as one line: ``carve: error: <message>``."""
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -490,9 +487,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return VERBS[args.verb](args, [*unknown, *extra])
     except Exception as err:
-        if getattr(args, "verbose", False):
+        verbose = getattr(args, "verbose", False)
+        if verbose:
             traceback.print_exc()
-        print(f"carve: error: {_one_line(err)}", file=sys.stderr)
+        hint = (
+            ""
+            if isinstance(err, CarveError) or verbose
+            else f" (unexpected {type(err).__name__}: --verbose shows where)"
+        )
+        print(f"carve: error: {_one_line(err)}{hint}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carve.errors import CarveError
 from carve.io import (
     Geometry,
     ImageReadError,
@@ -27,7 +28,7 @@ from carve.io import (
 log = logging.getLogger("carve.convert")
 
 
-class ConversionError(ValueError):
+class ConversionError(CarveError, ValueError):
     """An input that carve refuses to convert."""
 
 
@@ -320,7 +321,7 @@ def convert_label(
     if not present:
         log.warning("case '%s': %s: the label is empty (no foreground voxel)", case, source)
     if to_values is not None:
-        from carve.multidomain import remap_labels
+        from carve.labels import remap_labels
 
         labels = remap_labels(labels, to_values)
         log.info("case '%s': label values mapped to the run's labels %s", case, dict(sorted(to_values.items())))

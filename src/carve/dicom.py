@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from carve.dicom_write import write_dicom_series
+from carve.errors import CarveError
 from carve.io import Geometry
 
 __all__ = ["DicomError", "SeriesInfo", "find_series", "read_dicom_series", "select_series", "write_dicom_series"]
@@ -41,7 +42,7 @@ MAX_BYTES = 2 * 1024**3  # refuse series whose headers declare more pixel data t
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
-class DicomError(ValueError):
+class DicomError(CarveError, ValueError):
     """A DICOM folder or series that carve cannot read as one 3D volume (the message says which and why)."""
 
 

@@ -69,6 +69,7 @@ from carve import __version__
 from carve.convert import DicomOptions
 from carve.dicom import DicomError, find_series, read_dicom_series, select_series
 from carve.dicom_labels import RTSTRUCT_SOP_CLASS
+from carve.errors import InputError
 from carve.io import Geometry, atomic_write_bytes
 
 __all__ = ["label_colour", "mask_contours", "write_dicom_seg", "write_rtstruct"]
@@ -311,13 +312,13 @@ def _drop_invalid_patient_study(ds: Dataset) -> set[str]:
 
 def _check_labels(labels: np.ndarray, source: _Source, label_names: dict[int, str]) -> list[int]:
     if labels.shape != source.shape:
-        raise ValueError(f"{source.name}: labels have shape {labels.shape}, the series grid is {source.shape}")
+        raise InputError(f"{source.name}: labels have shape {labels.shape}, the series grid is {source.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
-        raise ValueError(f"{source.name}: labels must be integers, got {labels.dtype}")
+        raise InputError(f"{source.name}: labels must be integers, got {labels.dtype}")
     present = [int(v) for v in np.unique(labels) if v != 0]
     unknown = [v for v in present if v not in label_names]
     if unknown:
-        raise ValueError(f"{source.name}: label value(s) {unknown} have no name in {label_names}")
+        raise InputError(f"{source.name}: label value(s) {unknown} have no name in {label_names}")
     return present
 
 

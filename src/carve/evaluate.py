@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from carve.errors import CarveError
 from carve.io import atomic_write_text, read_image
 
 SUMMARY_METRICS = (
@@ -26,7 +27,7 @@ SUMMARY_METRICS = (
 )
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CarveError, ValueError):
     pass
 
 

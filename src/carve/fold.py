@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from carve.errors import InputError
 from carve.io import atomic_write_text
 from carve.plan import load_plans, plans_for_dataset
 from carve.predict import PredictOptions, predict_case, select_device
@@ -38,7 +39,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
     augment_keys = dict(opts.pop("augment", {}))
     planned = [k for k in ("mirror_axes", "p_mirror") if k in augment_keys]
     if planned:
-        raise ValueError(
+        raise InputError(
             f"train.augment.{planned[0]}: mirroring is planned (plan.mirror_axes, canonical axes) so that prediction "
             "flips exactly the axes training flipped; set it there"
         )
@@ -64,7 +65,7 @@ def load_preprocessed(
     by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
     missing = [c for names in groups for c in names if c not in by_case]
     if missing:
-        raise ValueError(f"{where} names cases without preprocessed data: {missing}")
+        raise InputError(f"{where} names cases without preprocessed data: {missing}")
     return [[load_case(by_case[c])[:2] for c in names] for names in groups]
 
 
@@ -90,12 +91,12 @@ def train_one_fold(
     plans = load_plans(plans_path)
     splits = load_splits(splits_path)
     if not 0 <= fold < len(splits):
-        raise ValueError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
+        raise InputError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
     names = {"train": list(splits[fold]["train"]), "val": list(splits[fold]["val"])}
     if dataset is not None:
         names = {k: [c for c in v if (case_datasets or {}).get(c) == dataset] for k, v in names.items()}
         if not names["train"]:
-            raise ValueError(f"{splits_path}: fold {fold} has no training case of dataset '{dataset}'")
+            raise InputError(f"{splits_path}: fold {fold} has no training case of dataset '{dataset}'")
     train_cases, val_cases = load_preprocessed(
         case_paths, (names["train"], names["val"]), f"{splits_path}: fold {fold}"
     )
@@ -137,7 +138,7 @@ def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Map
     case_datasets = case_datasets or {}
     unnamed = [c for c in [*names["train"], *names["val"]] if c not in case_datasets]
     if unnamed:
-        raise ValueError(f"{where}: the plans cover several datasets, but cases {unnamed} have no dataset")
+        raise InputError(f"{where}: the plans cover several datasets, but cases {unnamed} have no dataset")
     return domain_setup(
         list(plans["datasets"]),
         {n: d["classes"] for n, d in plans["datasets"].items()},
@@ -214,7 +215,7 @@ def predict_held_out(
     fold = fold_of(case, load_splits(splits_path))
     model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
     if len(model) != 1:
-        raise ValueError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
+        raise InputError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
     return predict_with_models(
         case, image_path, plans_path, model, outputs, predict_options, device, threads, dataset=dataset
     )

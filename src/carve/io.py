@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
+from carve.errors import CarveError, WriteError
+
 if TYPE_CHECKING:
     from nibabel.nifti1 import Nifti1Header
 
@@ -55,7 +57,7 @@ NIFTI_POSITION_RELATIVE_TOLERANCE = NIFTI_SKEW_TOLERANCE / 2
 log = logging.getLogger("carve.io")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(CarveError, ValueError):
     """An image file that cannot be read as a 3D volume."""
 
 
@@ -454,7 +456,7 @@ def _writing(path: Path) -> Iterator[None]:
         elif err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             reason += " (disk full, quota or file size limit reached)"
         message = f"cannot write {path}: {reason}"
-        raise (OSError(err.errno, message) if err.errno is not None else OSError(message)) from err
+        raise (WriteError(err.errno, message) if err.errno is not None else WriteError(message)) from err
 
 
 def _check_written(path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from carve.errors import InputError
 from carve.io import atomic_write_text
 
 log = logging.getLogger("carve.learning_curve")
@@ -80,11 +81,11 @@ def usable_sizes(sizes: Sequence[int], n_train: int) -> tuple[tuple[int, ...], t
     """(kept, dropped) sizes, each sorted: a size must leave at least one training case held out."""
     wanted = sorted(set(int(n) for n in sizes))
     if any(n < 1 for n in wanted):
-        raise ValueError(f"learning_curve sizes must be >= 1, got {wanted}")
+        raise InputError(f"learning_curve sizes must be >= 1, got {wanted}")
     kept = tuple(n for n in wanted if n <= n_train - 1)
     dropped = tuple(n for n in wanted if n > n_train - 1)
     if not kept:
-        raise ValueError(
+        raise InputError(
             f"learning_curve: no size fits {n_train} training case(s) (each size must leave one case held out, "
             f"so at most {n_train - 1}); sizes given: {wanted}"
         )
@@ -107,7 +108,7 @@ def subsets_of_draw(
     kept, _ = usable_sizes(sizes, len(train_cases))
     overlap = sorted(set(train_cases) & set(test_cases))
     if overlap:
-        raise ValueError(f"cases both training and test cases: {overlap}")
+        raise InputError(f"cases both training and test cases: {overlap}")
     test = tuple(sorted(test_cases))
     order = draw_order(train_cases, seed, draw)
     held_out = tuple(sorted(order[max(kept) :]))
@@ -119,7 +120,7 @@ def draw_subsets(
 ) -> list[Subset]:
     """The subsets of draws ``0 .. draws - 1`` (see :func:`subsets_of_draw`)."""
     if draws < 1:
-        raise ValueError(f"learning_curve draws must be >= 1, got {draws}")
+        raise InputError(f"learning_curve draws must be >= 1, got {draws}")
     return [s for draw in range(draws) for s in subsets_of_draw(train_cases, test_cases, sizes, draw, seed)]
 
 
@@ -164,7 +165,7 @@ def load_subset(path: Path, n: int, draw: int) -> Subset:
                 tuple(entry["held_out"]),
                 tuple(entry["test"]),
             )
-    raise ValueError(f"{path}: no learning-curve subset n={n}, draw {draw}")
+    raise InputError(f"{path}: no learning-curve subset n={n}, draw {draw}")
 
 
 def train_subset_model(
@@ -235,7 +236,7 @@ def evaluate_subset_model(
     subset = load_subset(subsets_path, n, draw)
     missing = [c for c in subset.evaluate if c not in images or c not in references]
     if missing:
-        raise ValueError(f"{subsets_path}: n={n} draw {draw} evaluates cases without image or label: {missing}")
+        raise InputError(f"{subsets_path}: n={n} draw {draw} evaluates cases without image or label: {missing}")
     table = predict_and_evaluate(
         subset.evaluate,
         subset.set_of,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from carve.errors import InputError
 from carve.io import Geometry
 
 CANONICAL = "LPS"
@@ -59,7 +60,7 @@ class Reorientation:
 
     def _spatial(self, array: np.ndarray) -> int:
         if array.ndim < 3:
-            raise ValueError(f"expected an array of at least 3 dimensions, got shape {array.shape}")
+            raise InputError(f"expected an array of at least 3 dimensions, got shape {array.shape}")
         return array.ndim - 3
 
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
@@ -136,11 +137,11 @@ def check_mirror_axes(mirror_axes: Sequence[int], label_names: Mapping[int, str]
     """The canonical axes to mirror on, refused where a label's name says a side or end along one of them."""
     axes = tuple(sorted({int(a) for a in mirror_axes}))
     if any(a not in (0, 1, 2) for a in axes):
-        raise ValueError(f"mirror_axes are canonical array axes 0, 1, 2 ({', '.join(AXIS_NAMES)}), got {axes}")
+        raise InputError(f"mirror_axes are canonical array axes 0, 1, 2 ({', '.join(AXIS_NAMES)}), got {axes}")
     for axis in axes:
         sided = sided_labels(label_names, axis)
         if sided:
-            raise ValueError(
+            raise InputError(
                 f"mirroring on axis {axis} ({AXIS_NAMES[axis]}) would swap labels whose names say a side or end "
                 f"along it: {sided}; drop axis {axis} from plan.mirror_axes"
             )

@@ -20,15 +20,17 @@ from pathlib import Path
 import numpy as np
 
 import carve
+from carve.errors import CarveError
 from carve.io import atomic_write_text, read_channels, read_image
 from carve.orientation import CONVENTION, canonical_spacing_and_shape, check_mirror_axes
 from carve.resample import ANISOTROPY_RATIO, target_shape
+from carve.topology import NetworkConfig, fit_patch_size, plan_topology, training_memory_bytes
 
 PLANS_VERSION = 3  # 2: channels, normalisation per channel; 3: canonical orientation, planned mirror axes
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 
 
-class PlanError(ValueError):
+class PlanError(CarveError, ValueError):
     """Plans that cannot be made or used."""
 
 
@@ -56,9 +58,11 @@ CUDA_MEMORY_SHARE = 0.8  # of the GPU's memory
 
 def device_memory_gb(device: str) -> float:
     """Memory a training job may use on ``device``: a share of the GPU's or of the machine's physical memory
-    (totals, not what is free at this moment, so that the same machine always plans the same)."""
+    (totals, not what is free at this moment, so that the same machine always plans the same).
+
+    A GPU is asked through torch, as training will use it: rule ``plan`` runs in envs/torch.yaml for this."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # only for a GPU: planning for the CPU needs no torch
 
         return CUDA_MEMORY_SHARE * torch.cuda.get_device_properties(0).total_memory / 2**30
     return CPU_MEMORY_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -69,12 +73,17 @@ def fit_to_memory(
 ) -> tuple[tuple[int, int, int], list, list, str, float, float]:
     """The largest patch within the compute budget whose training iteration fits the device's memory.
 
-    Returns (patch, strides, kernels, device, memory budget GiB, estimated GiB)."""
-    from carve.network import NetworkConfig, fit_patch_size, plan_topology, training_memory_bytes
+    Returns (patch, strides, kernels, device, memory budget GiB, estimated GiB).
 
+    The topology and memory estimate are torch-free (:mod:`carve.topology`); the device is not: ``auto`` means
+    "CUDA if torch, the library that trains, sees a GPU here", and a GPU's memory is what torch reports. So the
+    device is resolved here, with torch, and rule ``plan`` runs in envs/torch.yaml (which has every package
+    planning needs), not in envs/imaging.yaml: answering without torch (nvidia-smi, /proc) could disagree with
+    what training sees (a CPU-only torch build, CUDA_VISIBLE_DEVICES). Planning for ``device: cpu`` never
+    imports torch."""
     device = options.device
     if device == "auto":
-        import torch
+        import torch  # see above: the env of rule plan has it
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = device.startswith("cuda")

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from carve.errors import InputError
 from carve.io import atomic_write_text, read_image, write_image
 
 log = logging.getLogger("carve.postprocess")
@@ -128,7 +129,7 @@ def decide_from_tables(
 ) -> dict[int, _Decision]:
     """The greedy decision per label from per-case Dice tables (:func:`case_dice_table`)."""
     if not tables:
-        raise ValueError("deciding postprocessing needs at least one cross-validation case")
+        raise InputError("deciding postprocessing needs at least one cross-validation case")
     decisions = {}
     for value in values:
         decision = _Decision()
@@ -191,13 +192,13 @@ def load_postprocessing(path: Path) -> dict[int, tuple[str, ...]]:
     try:
         document = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read postprocessing ({err})") from None
+        raise InputError(f"{path}: cannot read postprocessing ({err})") from None
     if document.get("format") != FORMAT or document.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a {FORMAT} file of version {FORMAT_VERSION}")
+        raise InputError(f"{path}: not a {FORMAT} file of version {FORMAT_VERSION}")
     plan = {int(v): tuple(entry["apply"]) for v, entry in document["labels"].items()}
     unknown = sorted({op for ops in plan.values() for op in ops} - set(OPERATIONS))
     if unknown:
-        raise ValueError(f"{path}: unknown operation(s) {unknown}")
+        raise InputError(f"{path}: unknown operation(s) {unknown}")
     return plan
 
 

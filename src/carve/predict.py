@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from carve.errors import InputError
 from carve.io import Geometry, atomic_write_text, read_channels, write_image
 from carve.orientation import Reorientation, to_canonical
 from carve.preprocess import preprocess_image
@@ -93,7 +94,7 @@ def prediction_mirror_axes(plans: Mapping, requested: Sequence[int] | None = Non
     axes = tuple(sorted({int(a) for a in requested}))
     unseen = [a for a in axes if a not in trained]
     if unseen:
-        raise ValueError(
+        raise InputError(
             f"test-time mirroring on axes {unseen} that training never flipped (the plans flip {list(trained)}); "
             "set plan.mirror_axes to train with those flips"
         )

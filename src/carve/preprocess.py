@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carve.errors import InputError
 from carve.io import Geometry, atomic_write_bytes
 from carve.resample import resample_image, resample_labels
 
@@ -27,7 +28,7 @@ def normalise(image: np.ndarray, scheme: Mapping) -> np.ndarray:
         mean = float(image.mean(dtype=np.float64))
         std = float(image.std(dtype=np.float64))
         return ((image - mean) / max(std, 1e-8)).astype(np.float32)
-    raise ValueError(f"unknown normalisation scheme '{name}'")
+    raise InputError(f"unknown normalisation scheme '{name}'")
 
 
 def preprocess_image(image: np.ndarray, geometry: Geometry, plans: Mapping) -> tuple[np.ndarray, Geometry]:
@@ -35,7 +36,7 @@ def preprocess_image(image: np.ndarray, geometry: Geometry, plans: Mapping) -> t
     channels = image[None] if image.ndim == 3 else image
     schemes = plans["normalisation"]
     if len(schemes) != channels.shape[0]:
-        raise ValueError(f"the plans normalise {len(schemes)} channel(s), the image has {channels.shape[0]}")
+        raise InputError(f"the plans normalise {len(schemes)} channel(s), the image has {channels.shape[0]}")
     out, new_geometry = [], geometry
     for channel, scheme in zip(channels, schemes, strict=True):
         resampled, new_geometry = resample_image(
@@ -89,7 +90,7 @@ def preprocess_case(
     if label_path is not None:
         raw, _ = read_image(label_path)
         if raw.shape != own_shape:
-            raise ValueError(f"{label_path}: label shape {raw.shape} differs from the image's {own_shape}")
+            raise InputError(f"{label_path}: label shape {raw.shape} differs from the image's {own_shape}")
         labels = preprocess_labels(turn.to_canonical(raw), geometry, plans)
         if labels.shape != data.shape[1:]:
             raise RuntimeError(f"{label_path}: resampled label {labels.shape} != image {data.shape[1:]}")

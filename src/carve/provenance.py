@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carve.errors import InputError
+
 MANIFEST_FORMAT = "carve-manifest/1"
 MANIFEST_NAME = "manifest.json"
 SKIPPED_RESULT_DIRS = ("logs", "benchmarks")
@@ -232,9 +234,9 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable manifest ({err})") from None
+        raise InputError(f"{path}: not a readable manifest ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path}: not a carve manifest (format {MANIFEST_FORMAT} expected)")
+        raise InputError(f"{path}: not a carve manifest (format {MANIFEST_FORMAT} expected)")
     return manifest
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from carve.errors import CarveError
+
 REQUIRED_COLUMNS = ("case", "image", "label", "role")
 ROLES = ("train", "test")
 # A case id becomes a file name: keep it to a safe, portable set (no spaces, slashes, '..', shell syntax).
@@ -45,7 +47,7 @@ OUTPUT_SUFFIXES = (
 )
 
 
-class SheetError(ValueError):
+class SheetError(CarveError, ValueError):
     """A cases sheet with one or more problems (the message lists each on its own line)."""
 
 

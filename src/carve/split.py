@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carve.errors import InputError
 from carve.io import atomic_write_text
 
 
@@ -20,9 +21,9 @@ def kfold_splits(
     in turn, continuing where the previous dataset stopped, so every fold holds out a share of every dataset."""
     names = sorted(set(cases))
     if len(names) != len(cases):
-        raise ValueError("case ids must be unique")
+        raise InputError("case ids must be unique")
     if folds < 2 or folds > len(names):
-        raise ValueError(f"need 2 <= folds <= number of training cases ({len(names)}), got {folds}")
+        raise InputError(f"need 2 <= folds <= number of training cases ({len(names)}), got {folds}")
     rng = np.random.default_rng(seed)
     if groups is None:
         order = rng.permutation(len(names))
@@ -30,7 +31,7 @@ def kfold_splits(
     else:
         missing = [c for c in names if c not in groups]
         if missing:
-            raise ValueError(f"cases without a dataset: {missing}")
+            raise InputError(f"cases without a dataset: {missing}")
         shuffled = []
         for group in sorted(set(groups[c] for c in names)):
             members = [c for c in names if groups[c] == group]

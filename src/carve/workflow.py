@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from carve.errors import CarveError
 
-# Errors that are the input's fault: shown as one clear line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError)
+T = TypeVar("T")
 
 
 def configure_logging(log_path: str | Path | None, level: int = logging.INFO) -> None:
@@ -26,13 +25,15 @@ def configure_logging(log_path: str | Path | None, level: int = logging.INFO) ->
 
 
 def run_step(log_path: str | Path | None, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run one pipeline step: log to ``log_path``; a user error exits with its message on one line."""
+    """Run one pipeline step: log to ``log_path``. A :class:`~carve.errors.CarveError` (bad input or config, an
+    output that cannot be written) exits with its message on one line; anything else is a bug or an unforeseen
+    failure and keeps its traceback in the log."""
     configure_logging(log_path)
     log = logging.getLogger("carve")
     start = time.perf_counter()
     try:
         result = func(*args, **kwargs)
-    except USER_ERRORS as err:
+    except CarveError as err:
         message = str(err)
         log.error("%s", message)
         raise SystemExit(f"carve error: {message}") from None

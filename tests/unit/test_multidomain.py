@@ -7,23 +7,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from carve.labels import (
+    DatasetSpec,
+    annotated_classes,
+    remap_labels,
+    restrict_probabilities,
+    union_label_names,
+    union_values,
+)
 from carve.multidomain import (
     BalancedSampler,
-    DatasetSpec,
     MultiScaleContrast,
     adjacency_penalty,
-    annotated_classes,
     domain_setup,
     forbidden_pairs,
     label_adjacency,
     marginal_dice_ce,
-    remap_labels,
-    restrict_probabilities,
     supervised_contrastive,
-    union_label_names,
-    union_values,
 )
-from carve.network import NetworkConfig, UNet3D, load_model
+from carve.network import UNet3D, load_model
+from carve.topology import NetworkConfig
 from carve.train import TrainConfig, dice_ce_loss, train_fold
 
 KNEE = DatasetSpec("knee", {1: "femur", 2: "tibia"})

@@ -71,7 +71,7 @@ def test_plans_with_gaps_in_labels_or_old_version_refused(tmp_path):
 
 
 def test_patch_fitted_to_device_memory(tmp_path):
-    from carve.network import NetworkConfig, training_memory_bytes
+    from carve.topology import NetworkConfig, training_memory_bytes
 
     rng = np.random.default_rng(0)
     pairs = [_case(tmp_path, f"c{i}", (1.0, 1.0, 1.0), rng, shape=(96, 96, 96)) for i in range(2)]
