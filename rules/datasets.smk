@@ -27,7 +27,7 @@ rule train_individual_fold:
     threads: config["threads"]
     resources:
         mem_mb=16000,
-        runtime=lambda wildcards, attempt: int(60 + 2 * (config["train"].get("time_budget_min") or 60)),
+        runtime=train_runtime_min(),
     conda:
         "../envs/torch.yaml"
     script:

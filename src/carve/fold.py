@@ -150,14 +150,15 @@ def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Map
 
 
 def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
-    return PredictOptions(
-        overlap=float(options.get("overlap", 0.5)),
-        mirror_axes=None if options.get("mirror_axes") is None else tuple(int(a) for a in options["mirror_axes"]),
-        batch_windows=int(options.get("batch_windows", 2)),
-        projections=int(options.get("projections", 0)),
-        projection_gamma=float(options.get("projection_gamma", 1.25)),
-        half_precision=bool(options.get("half_precision", False)),
-    )
+    """The config's ``predict`` keys that :class:`PredictOptions` takes (its defaults for the others; the review
+    keys only rank cases)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(PredictOptions)}
+    given = {k: v for k, v in options.items() if k in known}
+    if given.get("mirror_axes") is not None:
+        given["mirror_axes"] = tuple(int(a) for a in given["mirror_axes"])
+    return PredictOptions(**given)
 
 
 def predict_with_models(

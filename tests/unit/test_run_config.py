@@ -1,0 +1,128 @@
+"""carve.run_config: the run resolved from a config and its sheet, and every config or sheet problem, without the
+rule engine (tests/e2e/test_config_errors.py keeps the few checks where Snakemake is the point)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carve.io import Geometry, write_image
+from carve.run_config import DEFAULT_TIME_BUDGET_MIN, ConfigError, resolve_run, validate_with_defaults
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    g = Geometry((2.0, 1.0, 1.0))
+    for name in ("a", "b", "c"):
+        write_image(tmp_path / f"{name}_img.nii.gz", np.zeros((4, 4, 4), np.float32), g)
+        write_image(tmp_path / f"{name}_lab.nii.gz", np.zeros((4, 4, 4), np.uint8), g)
+    return tmp_path
+
+
+def sheet(path: Path, rows: list[tuple[str, ...]], dataset: bool = False) -> str:
+    header = "case\timage\tlabel\trole" + ("\tdataset" if dataset else "")
+    path.write_text(header + "\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return str(path)
+
+
+def train_rows(names: str = "abc") -> list[tuple[str, ...]]:
+    return [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train") for n in names]
+
+
+def test_a_run_is_resolved_with_the_schemas_defaults(data: Path) -> None:
+    rows = [*train_rows(), ("t", "c_img.nii.gz", "", "test")]
+    run = resolve_run({"cases": sheet(data / "s.tsv", rows), "labels": {1: "organ"}, "folds": 3})
+    assert run.labels == {1: "organ"} and run.train == ["a", "b", "c"] and run.test == ["t"]
+    assert run.labelled_test == [] and run.folds == [0, 1, 2]
+    assert run.config["predict"]["overlap"] == 0.5 and run.config["plan"]["mirror_axes"] == []
+    assert run.config["results"] == "results" and run.config["dicom"]["tilt"] == "resample"
+    assert run.segmentation("a") == "results/cv/a.nii.gz" and run.segmentation("t") == "results/predictions/t.nii.gz"
+    assert run.fold_models() == [f"results/models/fold_{k}/model.pt" for k in range(3)]
+    outputs = run.all_outputs()
+    assert outputs[-1] == "results/manifest.json" and "results/bundle" in outputs
+    assert "results/dicom/t/segmentation.seg.dcm" not in outputs  # t is a NIfTI file, not a DICOM series
+    assert run.train_runtime_min() == int(60 + 2 * DEFAULT_TIME_BUDGET_MIN)
+    assert "review_score" not in run.predict_options() and run.predict_options()["overlap"] == 0.5
+
+
+def test_the_default_budget_is_the_trainers() -> None:
+    from carve.train import TrainConfig
+
+    assert TrainConfig().time_budget_min == DEFAULT_TIME_BUDGET_MIN
+
+
+def test_predict_defaults_live_in_the_schema_and_predict_options_alike() -> None:
+    from dataclasses import fields
+
+    from carve.predict import PredictOptions
+
+    config = {"cases": "x", "labels": {"1": "a"}}
+    validate_with_defaults(config, Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml")
+    for f in fields(PredictOptions):
+        if f.name in config["predict"]:
+            assert config["predict"][f.name] == f.default, f.name
+
+
+def test_unknown_key_and_bad_values_name_the_key(data: Path) -> None:
+    path = sheet(data / "s.tsv", train_rows())
+    with pytest.raises(ConfigError, match="Additional properties.*'fodls' was unexpected"):
+        resolve_run({"cases": path, "labels": {1: "a"}, "fodls": 3})
+    with pytest.raises(ConfigError, match="predict.overlap: 1.5"):
+        resolve_run({"cases": path, "labels": {1: "a"}, "predict": {"overlap": 1.5}})
+    with pytest.raises(ConfigError, match="labels"):
+        resolve_run({"cases": path, "labels": {0: "background"}, "folds": 2})
+    with pytest.raises(ConfigError, match="config labels: names must be unique"):
+        resolve_run({"cases": path, "labels": {1: "organ", 2: "organ"}, "folds": 3})
+    with pytest.raises(ConfigError, match="predict.mirror_axes is gone.*plan.mirror_axes"):
+        resolve_run({"cases": path, "labels": {1: "a"}, "predict": {"mirror_axes": [0]}})
+
+
+def test_sheet_problems_name_row_case_and_file(data: Path) -> None:
+    rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("a", "b_img.nii.gz", "b_lab.nii.gz", "train")]
+    rows.append(("c", "nope.nii.gz", "", "test"))
+    with pytest.raises(ConfigError) as err:
+        resolve_run({"cases": sheet(data / "s.tsv", rows), "labels": {1: "a"}, "folds": 2})
+    assert "row 3, case 'a': duplicate case id" in str(err.value)
+    assert "row 4, case 'c': image" in str(err.value) and "nope.nii.gz does not exist" in str(err.value)
+    rows = [("a", "a_img.nii.gz", "a_lab.nii.gz", "train"), ("t", "", "", "test")]
+    with pytest.raises(ConfigError, match="case 't': no image given"):
+        resolve_run({"cases": sheet(data / "s1.tsv", rows), "labels": {1: "a"}, "folds": 2})
+    with pytest.raises(ConfigError, match=r"2 training case\(s\) for 5 folds"):
+        resolve_run({"cases": sheet(data / "s2.tsv", train_rows("ab")), "labels": {1: "a"}, "folds": 5})
+
+
+DATASETS = {"knee": {"labels": {1: "femur"}}, "ankle": {"labels": {1: "talus", 2: "femur"}}}
+
+
+def test_datasets_give_the_labels_and_each_case_names_its_dataset(data: Path) -> None:
+    rows = [(n, f"{n}_img.nii.gz", f"{n}_lab.nii.gz", "train", d) for n, d in (("a", "knee"), ("b", "ankle"))]
+    rows.append(("c", "c_img.nii.gz", "c_lab.nii.gz", "train", ""))
+    with pytest.raises(ConfigError, match="row 4, case 'c': column dataset: no dataset"):
+        resolve_run({"cases": sheet(data / "s.tsv", rows, dataset=True), "datasets": DATASETS, "folds": 2})
+    rows[2] = ("c", "c_img.nii.gz", "c_lab.nii.gz", "train", "knee")
+    config = {"cases": sheet(data / "s.tsv", rows, dataset=True), "datasets": DATASETS, "folds": 2}
+    run = resolve_run(config)
+    assert run.labels == {1: "femur", 2: "talus"}  # the union by name, in the config's order
+    assert run.case_label_names("a") == {v: n for v, n in run.labels.items() if n == "femur"}
+    assert run.plan_datasets()["knee"]["cases"] == [0, 2] and run.individual_metrics() == []
+    with pytest.raises(ConfigError, match="differ from the union of the datasets' labels"):
+        resolve_run({**config, "labels": {1: "nope"}})
+    with pytest.raises(ConfigError, match=r"datasets without enough training cases.*\{'ankle': 1\}"):
+        resolve_run({**config, "individual_models": True})
+
+
+def test_learning_curve_drops_sizes_that_leave_no_case_out(data: Path) -> None:
+    warnings: list[str] = []
+    config = {"cases": sheet(data / "s.tsv", train_rows()), "labels": {1: "a"}, "folds": 2}
+    run = resolve_run({**config, "learning_curve": {"sizes": [1, 2, 3], "draws": 1}}, warn=warnings.append)
+    assert run.learning_curve_sizes() == [1, 2] and "size(s) [3] dropped" in warnings[0]
+    assert run.learning_curve_tables() == [f"results/learning_curve/n{n}_draw0/metrics.tsv" for n in (1, 2)]
+    with pytest.raises(ConfigError, match="no size fits"):
+        resolve_run({**config, "learning_curve": {"sizes": [3, 4], "draws": 1}})
+
+
+def test_a_missing_bundle_is_one_clear_error(data: Path) -> None:
+    with pytest.raises(ConfigError, match="nowhere"):
+        resolve_run({"cases": str(data), "bundle": str(data / "nowhere")})
