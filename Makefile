@@ -38,7 +38,7 @@ e2e: setup
 
 # config/README.md from the config schema (a unit test checks they agree).
 config-doc: setup
-	$(BIN)/python -m carve.config_doc
+	$(BIN)/python -m carve.pipeline.config_doc
 
 # Re-resolve requirements.in into the exact lock (torch's local version suffix is dropped).
 lock:

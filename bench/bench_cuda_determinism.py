@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from carve.augment import AugmentConfig  # noqa: E402
-from carve.network import NetworkConfig, load_model  # noqa: E402
-from carve.train import TrainConfig, train_fold  # noqa: E402
+from carve.training.augment import AugmentConfig  # noqa: E402
+from carve.training.network import NetworkConfig, load_model  # noqa: E402
+from carve.training.train import TrainConfig, train_fold  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "cuda_determinism.md"
 

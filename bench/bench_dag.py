@@ -23,7 +23,7 @@ from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from carve.io import Geometry, write_image  # noqa: E402
+from carve.imaging.io import Geometry, write_image  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "dag.md"
 

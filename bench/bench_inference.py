@@ -6,13 +6,14 @@
 What is compared is the layer below file I/O: a fold ensemble of one network over an image that is already
 normalised and in memory, with the same network, weights, patch, overlap and Gaussian weighting on every side,
 mirroring off, on the CPU. The network is carve's default CPU network for a 1-channel, 2-class problem: the
-plan's defaults (:class:`carve.plan.PlanOptions`: base 16 channels, at most 5 stages) at carve's CPU patch
-budget, 48 x 64 x 48 (z, y, x; ``--patch``), its topology from :func:`carve.network.plan_topology`. Each fold is
+plan's defaults (:class:`carve.planning.plan.PlanOptions`: base 16 channels, at most 5 stages) at carve's CPU patch
+budget, 48 x 64 x 48 (z, y, x; ``--patch``), its topology from :func:`carve.training.network.plan_topology`. Each
+fold is
 a seeded random initialisation (``torch.manual_seed(fold)``): weights do not change the timing, and every side
 loads the same ones from one file. The sides:
 
-* carve: :func:`carve.inference.sliding_window_probabilities` with ``batch_windows`` as in
-  :class:`carve.predict.PredictOptions` (2), float32 accumulators; it fuses each window's softmax (Gaussian
+* carve: :func:`carve.prediction.inference.sliding_window_probabilities` with ``batch_windows`` as in
+  :class:`carve.prediction.predict.PredictOptions` (2), float32 accumulators; it fuses each window's softmax (Gaussian
   weighted), averages the members' probabilities and also streams the per-voxel std and entropy across members
   (work the other sides do not do). ``carve-fp16`` (opt-in, ``--sides``): the same with float16 accumulators.
 * MONAI: ``monai.inferers.sliding_window_inference(mode="gaussian", sigma_scale=1/8)``, called once per fold
@@ -63,7 +64,7 @@ REAL_CT = Path("/work/shared/data/ct/totalsegmentator_example/example_ct.nii.gz"
 SIDES = ("carve", "carve-fp16", "MONAI", "nnU-Net")
 DEFAULT_SIDES = ("carve", "MONAI", "nnU-Net")
 N_CLASSES = 2
-PATCH = (48, 64, 48)  # z, y, x: carve's CPU patch budget (carve.plan.CPU_PATCH_VOXELS)
+PATCH = (48, 64, 48)  # z, y, x: carve's CPU patch budget (carve.planning.plan.CPU_PATCH_VOXELS)
 SIGMA_SCALE = 1.0 / 8.0  # every side's Gaussian: sigma = patch / 8
 CT_SCHEME = {"scheme": "ct", "clip": [-200.0, 400.0], "mean": 50.0, "std": 60.0}
 SLAB_VOXELS = 1 << 22  # agreement is computed slab by slab along z, so that it adds little memory
@@ -80,7 +81,7 @@ def _peak_bytes() -> int:
 
 
 def _build_models(weights: dict, n_folds: int) -> list:
-    from carve.network import NetworkConfig, UNet3D
+    from carve.training.network import NetworkConfig, UNet3D
 
     config = NetworkConfig.from_dict(weights["network"])
     models = []
@@ -94,7 +95,7 @@ def _build_models(weights: dict, n_folds: int) -> list:
 def _prepare_carve(weights: dict, spec: dict, half: bool):
     import torch
 
-    from carve.inference import sliding_window_probabilities
+    from carve.prediction.inference import sliding_window_probabilities
 
     models = _build_models(weights, spec["folds"])
 
@@ -159,7 +160,7 @@ def _prepare_nnunet(weights: dict, spec: dict):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     network = _build_models(weights, 1)[0]
-    architecture = {"network_class_name": "carve.network.UNet3D", "arch_kwargs": {}, "_kw_requires_import": []}
+    architecture = {"network_class_name": "carve.training.network.UNet3D", "arch_kwargs": {}, "_kw_requires_import": []}
     configuration = {"patch_size": list(spec["patch"]), "architecture": architecture}
     plans = PlansManager({"configurations": {"3d_fullres": configuration}, "label_manager": "LabelManager"})
     dataset = {"labels": {"background": 0, **{f"class_{k}": k for k in range(1, N_CLASSES)}}}
@@ -178,7 +179,7 @@ def _prepare_nnunet(weights: dict, spec: dict):
         plans.get_configuration("3d_fullres"),
         list(weights["state_dicts"][: spec["folds"]]),
         dataset,
-        "carve.network.UNet3D",
+        "carve.training.network.UNet3D",
         None,
     )
 
@@ -281,8 +282,8 @@ def child(spec_path: str) -> None:
 # ---- parent: cases, runs, table --------------------------------------------------------------------------
 def network_config(patch: tuple[int, int, int]):
     """carve's default network for a 1-channel, 2-class problem at ``patch`` (isotropic spacing)."""
-    from carve.network import NetworkConfig, plan_topology
-    from carve.plan import PlanOptions
+    from carve.planning.plan import PlanOptions
+    from carve.training.network import NetworkConfig, plan_topology
 
     options = PlanOptions()
     strides, kernels = plan_topology(patch, (1.0, 1.0, 1.0), max_stages=options.max_stages)
@@ -293,7 +294,7 @@ def write_weights(path: Path, patch: tuple[int, int, int], n_folds: int) -> tupl
     """One file with the network's configuration and ``n_folds`` seeded initialisations."""
     import torch
 
-    from carve.network import UNet3D
+    from carve.training.network import UNet3D
 
     config = network_config(patch)
     states = []
@@ -308,8 +309,8 @@ def prepare_cases(args: argparse.Namespace, folder: Path) -> list[dict]:
     """Normalised float32 images (1, z, y, x) as .npy files, one per case."""
     from bench_inference_memory import synthetic_ct
 
-    from carve.io import read_channels
-    from carve.preprocess import normalise
+    from carve.imaging.io import read_channels
+    from carve.planning.preprocess import normalise
 
     cases = []
     if "real" in args.cases:
@@ -329,7 +330,7 @@ def prepare_cases(args: argparse.Namespace, folder: Path) -> list[dict]:
 
 def run_side(side: str, case: dict, args: argparse.Namespace, folder: Path, weights: Path, run_id: int) -> dict:
     """One measured run in a fresh process of the side's Python; a failure is returned, not raised."""
-    from carve.predict import PredictOptions
+    from carve.prediction.predict import PredictOptions
 
     result_path = folder / f"result_{run_id}.json"
     spec = {
@@ -378,7 +379,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 
 def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dict, done: int, total: int) -> str:
-    from carve.inference import window_starts
+    from carve.prediction.inference import window_starts
 
     versions: dict[str, str] = {}
     for (_, side), runs in results.items():

@@ -3,7 +3,7 @@
     python bench/bench_inference_memory.py [--shape 300 512 512] [--out bench/results/inference_memory.md]
 
 A synthetic CT (int16 HU: a body, an organ, a vessel, noise) is written as NIfTI; then each configuration runs
-:func:`carve.predict.predict_case` in a fresh process (two folds of a tiny network, one pointwise convolution
+:func:`carve.prediction.predict.predict_case` in a fresh process (two folds of a tiny network, one pointwise convolution
 (:class:`PointwiseNet`), no mirroring) and reports the process's peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) against the resident size just before the call (imports).
 ``bytes/voxel`` divides the difference by the voxels of the case's grid. Configurations:
@@ -56,7 +56,7 @@ def synthetic_ct(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 class PointwiseNet:
     """The tiny network: one pointwise convolution from the image to the class logits (a ``torch.nn.Conv3d``),
-    built in the prediction process in place of :func:`carve.network.load_model`'s U-Net, whose cost on a CPU
+    built in the prediction process in place of :func:`carve.training.network.load_model`'s U-Net, whose cost on a CPU
     would hide what is measured here (the ensemble's buffers, resampling, maps and writing)."""
 
     @staticmethod
@@ -90,15 +90,15 @@ def _measure(image_path: str, models: list[str], name: str, folder: str, threads
     import SimpleITK  # noqa: F401  (everything predict_case imports, loaded before the baseline)
     import torch
 
-    import carve.inference  # noqa: F401
-    import carve.network
-    import carve.postprocess  # noqa: F401
-    import carve.projection  # noqa: F401
-    import carve.uncertainty  # noqa: F401
-    from carve.predict import PredictOptions, predict_case
+    import carve.prediction.inference  # noqa: F401
+    import carve.prediction.postprocess  # noqa: F401
+    import carve.prediction.projection  # noqa: F401
+    import carve.prediction.uncertainty  # noqa: F401
+    import carve.training.network
+    from carve.prediction.predict import PredictOptions, predict_case
 
     torch.set_num_threads(threads)
-    carve.network.load_model = PointwiseNet.load  # predict_case imports it at call time
+    carve.training.network.load_model = PointwiseNet.load  # predict_case imports it at call time
     config = CONFIGURATIONS[name]
     options = PredictOptions(overlap=0.0, mirror_axes=(), batch_windows=1, half_precision=config["half_precision"])
     out = Path(folder)
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
 
-    from carve.io import Geometry, write_image
-    from carve.resample import target_shape
+    from carve.imaging.io import Geometry, write_image
+    from carve.imaging.resample import target_shape
 
     shape = tuple(args.shape)
     rows = []

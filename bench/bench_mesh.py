@@ -8,7 +8,7 @@ totalsegmentator_example`` (``example_seg``: 41 labels at 3 mm; ``example_seg_di
 the order rotating from label to label and repeat to repeat; each label's time is its median over the repeats.
 What is timed, per label, from the label volume to an STL file on disk:
 
-* carve: ``carve.mesh.export_label_meshes`` with the default options (marching cubes on the label's bounding
+* carve: ``carve.export.mesh.export_label_meshes`` with the default options (marching cubes on the label's bounding
   box, 10 Taubin iterations, repair, voxel-volume matching, the quality row with Hausdorff distances, STL and
   ``meshes.tsv``);
 * carve, no distances: the same with ``surface_distance=False`` (what the quality row's distances cost);
@@ -40,9 +40,9 @@ import trimesh  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from skimage.measure import marching_cubes  # noqa: E402
 
-from carve.io import Geometry, atomic_write_bytes, read_image  # noqa: E402
-from carve.mesh import MeshOptions, export_label_meshes  # noqa: E402
-from carve.mesh_quality import mesh_quality  # noqa: E402
+from carve.export.mesh import MeshOptions, export_label_meshes  # noqa: E402
+from carve.export.mesh_quality import mesh_quality  # noqa: E402
+from carve.imaging.io import Geometry, atomic_write_bytes, read_image  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "mesh.md"
 FILES = ("example_seg", "example_seg_dicom")

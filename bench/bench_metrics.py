@@ -8,7 +8,7 @@ ratios to carve, and a second table the agreement of the values (the last repeat
 thread (torch too). What is timed, per implementation, is what it takes to get HD95, ASSD and NSD at 1 mm for
 one label from two masks:
 
-* carve: ``carve.metrics.surface_metrics`` (it also returns the maximum HD);
+* carve: ``carve.evaluation.metrics.surface_metrics`` (it also returns the maximum HD);
 * DeepMind: ``compute_surface_distances`` and its robust Hausdorff (100 and 95), average surface distance and
   surface Dice reductions;
 * MONAI: ``compute_hausdorff_distance(percentile=95)``, ``compute_average_surface_distance(symmetric=True)``
@@ -39,7 +39,7 @@ from machine import cpu_model
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
-from carve.metrics import overlap_metrics, surface_distances, surface_metrics
+from carve.evaluation.metrics import overlap_metrics, surface_distances, surface_metrics
 
 TOLERANCE_MM = 1.0
 OUT = Path(__file__).resolve().parent / "results" / "metrics.md"

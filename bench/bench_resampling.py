@@ -12,19 +12,20 @@ single-threaded (scipy's ``ndimage``, no torch).
 What is timed, per case:
 
 * image (forward): the case's image (float32, as both readers give it) normalised as carve's plan says and
-  resampled to the target spacing. carve: ``carve.preprocess.preprocess_image`` (per-image z-score or CT
+  resampled to the target spacing. carve: ``carve.planning.preprocess.preprocess_image`` (per-image z-score or CT
   clip + z-score; third-order spline, the through-plane axis of an anisotropic grid linearly on its own).
   nnU-Net: ``ZScoreNormalization`` / ``CTNormalization`` (``use_mask_for_norm=False``, the same statistics),
   then ``resample_data_or_seg_to_shape`` with its planner's defaults for data (order 3, ``order_z=0``,
   ``force_separate_z=None``: separate z when a spacing is more than 3x anisotropic). nnU-Net's cropping to the
   non-zero box is left out so that both grids stay the same.
-* labels (forward): the label map to the same spacing. carve: ``carve.preprocess.preprocess_labels`` (one-hot
+* labels (forward): the label map to the same spacing. carve: ``carve.planning.preprocess.preprocess_labels`` (one-hot
   linear and argmax over the plan's classes). nnU-Net: ``resample_data_or_seg_to_shape`` with its defaults for
   segmentations (``is_seg=True``, order 1 one-hot, ``order_z=0``).
 * export (back, unless ``--no-back``): class scores on the target grid back to the case's grid and an argmax,
   as both tools write a prediction. The scores are the one-hot of carve's forward label map (one input for both).
-  carve: ``carve.resample.resize_image(order=1)`` per class into a running argmax, the label part of
-  ``carve.uncertainty.maps_on_grid`` that ``carve.predict`` calls; nnU-Net: ``resample_data_or_seg_to_shape``
+  carve: ``carve.imaging.resample.resize_image(order=1)`` per class into a running argmax, the label part of
+  ``carve.prediction.uncertainty.maps_on_grid`` that ``carve.prediction.predict`` calls; nnU-Net:
+  ``resample_data_or_seg_to_shape``
   with its probability export defaults (order 1, ``order_z=0``), then ``argmax``.
 
 Cases (``CARVE_SHARED_DATA``, default ``../shared/data`` beside the checkout): a glioblastoma MR (pyradiomics
@@ -68,7 +69,7 @@ class Case:
     name: str
     description: str
     image: np.ndarray  # (z, y, x) float32
-    image_geometry: object  # carve.io.Geometry
+    image_geometry: object  # carve.imaging.io.Geometry
     labels: np.ndarray  # (z, y, x) uint8, values 0..n_classes-1
     label_geometry: object
     n_classes: int
@@ -83,7 +84,7 @@ def shared_data() -> Path:
 
 
 def _read(path: Path):
-    from carve.io import read_image
+    from carve.imaging.io import read_image
 
     if not path.exists():
         raise SystemExit(f"{path} is missing: set CARVE_SHARED_DATA to the shared data folder")
@@ -95,7 +96,7 @@ def _spacing(path: Path) -> tuple[float, ...]:
 
 
 def brain_case(data: Path) -> Case:
-    from carve.plan import choose_target_spacing
+    from carve.planning.plan import choose_target_spacing
 
     folder = data / "mr" / "pyradiomics"
     image, geometry = _read(folder / "brain1_image.nrrd")
@@ -116,7 +117,7 @@ def brain_case(data: Path) -> Case:
 
 
 def ct_case(data: Path) -> Case:
-    from carve.plan import fingerprint, normalisation_for
+    from carve.planning.plan import fingerprint, normalisation_for
 
     folder = data / "ct" / "totalsegmentator_example"
     image, geometry = _read(folder / "example_ct.nii.gz")
@@ -139,7 +140,7 @@ def ct_case(data: Path) -> Case:
 
 
 def hippocampus_case(data: Path) -> Case:
-    from carve.plan import choose_target_spacing
+    from carve.planning.plan import choose_target_spacing
 
     folder = data / "hippocampus10"
     image, geometry = _read(folder / "imagesTr" / "hippocampus_001.nii.gz")
@@ -172,20 +173,21 @@ def plans_of(case: Case) -> dict:
 
 
 def carve_image(case: Case) -> np.ndarray:
-    from carve.preprocess import preprocess_image
+    from carve.planning.preprocess import preprocess_image
 
     return preprocess_image(case.image, case.image_geometry, plans_of(case))[0][0]
 
 
 def carve_labels(case: Case) -> np.ndarray:
-    from carve.preprocess import preprocess_labels
+    from carve.planning.preprocess import preprocess_labels
 
     return preprocess_labels(case.labels, case.label_geometry, plans_of(case))
 
 
 def carve_export(scores: np.ndarray, shape: tuple[int, ...], spacing_mm) -> np.ndarray:
-    """The label part of ``carve.uncertainty.maps_on_grid`` with ``carve.predict``'s resize (order 1)."""
-    from carve.resample import resize_image
+    """The label part of ``carve.prediction.uncertainty.maps_on_grid`` with ``carve.prediction.predict``'s resize
+    (order 1)."""
+    from carve.imaging.resample import resize_image
 
     best = labels = None
     for c in range(scores.shape[0]):
@@ -344,8 +346,8 @@ def separate_z(case: Case) -> bool:
 
 
 def measure(case: Case, nnunet: NnUNet, repeats: int, back: bool) -> dict:
-    from carve.preprocess import normalise
-    from carve.resample import target_shape
+    from carve.imaging.resample import target_shape
+    from carve.planning.preprocess import normalise
 
     spacing, target = case.image_geometry.spacing_mm, case.target_spacing_mm
     shape = target_shape(case.image.shape, spacing, target)

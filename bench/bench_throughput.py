@@ -5,13 +5,14 @@
 
 ``--out`` keeps one section per device kind: a CUDA run replaces the CUDA section and leaves the CPU one.
 
-The recipe is carve's default CPU recipe: ``carve.train.TrainConfig`` defaults (batch 4, patch 32x48x32, AdamW,
+The recipe is carve's default CPU recipe: ``carve.training.train.TrainConfig`` defaults (batch 4, patch 32x48x32, AdamW,
 deep supervision, the default augmentation) with the 4-stage 16-128 channel U-Net that
-``carve.network.plan_topology`` gives that patch at 1 mm, on the 10 hippocampus10 cases preprocessed as carve's
-pipeline does (``carve.preprocess.preprocess_image``: per-image z-score, already at the plan's 1 mm), or with
-``--synthetic`` (or when the data are missing) 10 cases of the same size from ``carve.synth.synthesize_case``.
+``carve.training.network.plan_topology`` gives that patch at 1 mm, on the 10 hippocampus10 cases preprocessed as carve's
+pipeline does (``carve.planning.preprocess.preprocess_image``: per-image z-score, already at the plan's 1 mm), or with
+``--synthetic`` (or when the data are missing) 10 cases of the same size from ``carve.pipeline.synth.synthesize_case``.
 
-``carve.train.train_fold`` runs its loop in one piece (schedule, validation, checkpoints), so this script replicates
+``carve.training.train.train_fold`` runs its loop in one piece (schedule, validation, checkpoints), so this script
+replicates
 the loop's setup and its training step faithfully, calling the same carve functions in the same order with the
 same arguments: ``configure_determinism``, ``UNet3D``, ``_build_optimizer``, ``spatial_margin``, ``PatchSampler``
 with the enlarged crop and its seeded generator, then per iteration the learning-rate factor (``lr_factor``,
@@ -26,7 +27,7 @@ under the same autocast (bfloat16 on CUDA, off on CPU), ``deep_supervision_loss`
   optimizer (gradient clipping, ``step``, reading the loss).
 
 A free-running pass (no synchronisation between phases) of the same length gives the iterations per second; the
-phase-timed pass follows it. FLOPs per iteration are 3x ``carve.network.forward_flops`` x batch (forward plus
+phase-timed pass follows it. FLOPs per iteration are 3x ``carve.training.network.forward_flops`` x batch (forward plus
 backward); the ceiling is measured in the same run by a Conv3d 3x3x3 (64 channels on 32^3) forward plus backward
 probe under the same threads and precision.
 """
@@ -49,10 +50,10 @@ import numpy as np
 import torch
 from machine import cpu_model
 
-from carve.augment import augment_batch, spatial_margin
-from carve.network import NetworkConfig, UNet3D, forward_flops, plan_topology
-from carve.sampling import PatchSampler
-from carve.train import TrainConfig, _build_optimizer, configure_determinism, deep_supervision_loss, lr_factor
+from carve.training.augment import augment_batch, spatial_margin
+from carve.training.network import NetworkConfig, UNet3D, forward_flops, plan_topology
+from carve.training.sampling import PatchSampler
+from carve.training.train import TrainConfig, _build_optimizer, configure_determinism, deep_supervision_loss, lr_factor
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "results" / "throughput.md"
@@ -65,8 +66,8 @@ SPACING_MM = (1.0, 1.0, 1.0)
 # ---- data ----------------------------------------------------------------------------------------------
 def hippocampus_cases(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """The 10 hippocampus10 cases as carve's preprocessing leaves them (z-scored, (1, z, y, x); labels uint8)."""
-    from carve.io import read_channels, read_image
-    from carve.preprocess import preprocess_image
+    from carve.imaging.io import read_channels, read_image
+    from carve.planning.preprocess import preprocess_image
 
     plans = {"normalisation": [{"scheme": "zscore_per_image"}], "target_spacing_mm": list(SPACING_MM)}
     cases = []
@@ -79,8 +80,8 @@ def hippocampus_cases(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def synthetic_cases(n: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
     """Hippocampus-sized cases (36x50x36 at 1 mm, labels 0-2) from carve's synthetic demo generator."""
-    from carve.preprocess import normalise
-    from carve.synth import synthesize_case
+    from carve.pipeline.synth import synthesize_case
+    from carve.planning.preprocess import normalise
 
     cases = []
     for seed in range(n):
@@ -95,7 +96,7 @@ def load_cases(synthetic: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], st
         cases = hippocampus_cases(folder)
         return cases, f"hippocampus10 ({len(cases)} cases, {_shape_range(cases)} at 1 mm)"
     cases = synthetic_cases()
-    return cases, f"synthetic ({len(cases)} cases of {_shape_range(cases)} at 1 mm, carve.synth)"
+    return cases, f"synthetic ({len(cases)} cases of {_shape_range(cases)} at 1 mm, carve.pipeline.synth)"
 
 
 def _shape_range(cases) -> str:

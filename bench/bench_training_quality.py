@@ -22,7 +22,7 @@ as subprocesses. carve first, then nnU-Net fold by fold:
   and with test-time mirroring (8 passes: the original and its flips along every combination of the 3 axes).
 
 Both sides' segmentations are scored on the original grid with the same function (``pipeline_run.dice_per_label``,
-carve.metrics) against hippocampus10's labels. nnU-Net's wall and CPU seconds (process plus children,
+carve.evaluation.metrics) against hippocampus10's labels. nnU-Net's wall and CPU seconds (process plus children,
 ``resource.getrusage``) cover its whole ``nnUNetv2_train`` process (start-up and data-loader workers included).
 Planning and preprocessing run once (``nnUNetv2_plan_and_preprocess``) and are reused from ``--work`` by later runs.
 ``--skip-nnunet`` runs the carve side alone (then ``--iterations`` may replace the time budget). The markdown goes
@@ -44,7 +44,7 @@ import numpy as np
 import pipeline_run as pr
 from pipeline_run import run_logged
 
-from carve.io import read_image
+from carve.imaging.io import read_image
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "results" / "training_quality.md"
@@ -266,8 +266,8 @@ def render(run: dict) -> str:
             else " nnU-Net v2 then trained each fold on the same cases (carve's splits as its splits_final.json) with "
             f"its own {CONFIGURATION} plan, augmentation, batch and deep supervision, its poly learning-rate decay "
             "run over wall-clock time (bench/nnunet/nnUNetTrainer_carveBudget.py), to the same budget, and "
-            "segmented the held-out cases. Both are scored with the same Dice function (carve.metrics) against the "
-            "labels on the original grid."
+            "segmented the held-out cases. Both are scored with the same Dice function (carve.evaluation.metrics) "
+            "against the labels on the original grid."
         ),
         "",
         header,

@@ -10,7 +10,8 @@ else left to the schema's defaults (workflow/schemas/config.schema.yaml); then
 with the default target (everything a user gets). The scores are computed here, from the written files: Dice per
 case and label of ``cv/{case}.nii.gz`` (the held-out fold's prediction after postprocessing: what ships) and of
 ``cv_raw/{case}.nii.gz`` (before postprocessing) against the case's reference label in hippocampus10, with
-``carve.metrics``; the pipeline's own ``metrics/cases.tsv`` must agree with the first. Iterations per fold come
+``carve.evaluation.metrics``; the pipeline's own ``metrics/cases.tsv`` must agree with the first. Iterations per
+fold come
 from ``models/fold_k/curves.tsv``, seconds per fold from snakemake's ``benchmarks/train_fold/fold_k.tsv``.
 """
 
@@ -36,9 +37,9 @@ import pandas as pd
 import yaml
 from machine import cpu_model
 
-from carve.io import read_image
-from carve.metrics import overlap_metrics
-from carve.train import TrainConfig
+from carve.evaluation.metrics import overlap_metrics
+from carve.imaging.io import read_image
+from carve.training.train import TrainConfig
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -109,7 +110,7 @@ def budget_keys(budget_min: float | None, iterations: int | None) -> dict[str, A
 
 def defaults() -> dict[str, Any]:
     """Dotted key -> the default a user gets: the schema's defaults, and for ``train`` keys (the schema gives none)
-    carve.train.TrainConfig's."""
+    carve.training.train.TrainConfig's."""
     schema = yaml.safe_load(SCHEMA.read_text())
     out: dict[str, Any] = {}
 
@@ -228,7 +229,7 @@ def earlier_run(work: Path) -> dict[str, Any]:
 
 # ---- scoring ------------------------------------------------------------------------------------------------
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels=LABELS) -> dict[str, float]:
-    """Dice of each label (name -> value) by carve.metrics; both empty counts 1.0 (carve's convention)."""
+    """Dice of each label (name -> value) by carve.evaluation.metrics; both empty counts 1.0 (carve's convention)."""
     return {name: overlap_metrics(reference == value, prediction == value)["dice"] for value, name in labels.items()}
 
 
@@ -457,8 +458,8 @@ def score_sections(scores: dict[str, Any]) -> list[str]:
 
 def network_line(scores: dict[str, Any]) -> str:
     """carve's plan of the run: network, patch, batch, GFLOP per training iteration."""
-    from carve.fold import train_config_from
-    from carve.network import forward_flops
+    from carve.training.fold import train_config_from
+    from carve.training.network import forward_flops
 
     plans = scores["plans"]
     config = train_config_from(plans, {"time_budget_min": 1.0}, 0)

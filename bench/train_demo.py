@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "train_demo.md")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    from carve.network import load_model
+    from carve.training.network import load_model
 
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     rows = []

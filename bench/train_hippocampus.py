@@ -39,7 +39,7 @@ def render(run: dict, scores: dict, command: str) -> str:
         "target, as a user runs it; then this script scores the written cross-validation predictions, each case by "
         "the fold that held it out (results/splits.json, from the config's seed): `cv/{case}.nii.gz` (postprocessed, "
         "what ships; **bold**) and `cv_raw/{case}.nii.gz` (before postprocessing), against the case's label in "
-        "hippocampus10, with carve.metrics. Iterations from models/fold_k/curves.tsv, training seconds from "
+        "hippocampus10, with carve.evaluation.metrics. Iterations from models/fold_k/curves.tsv, training seconds from "
         "snakemake's benchmarks/train_fold/fold_k.tsv (the whole job: loading, training, validation, saving).",
         "",
         *pr.config_section(run),

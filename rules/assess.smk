@@ -1,4 +1,4 @@
-# How good is the uncertainty (carve.calibration)? Measured on the training cases' raw cross-validation
+# How good is the uncertainty (carve.evaluation.calibration)? Measured on the training cases' raw cross-validation
 # predictions (cv_raw/), against their references: calibration of the confidence map, overlap of thresholded
 # uncertainty with the errors, and rank correlation of the case scores with the case Dice. Then every case,
 # test cases included, is ranked by its score and the likely wrong ones are flagged for review.

@@ -1,10 +1,10 @@
-# The run, resolved once when the workflow is parsed (carve.run_config: config and sheet checked against their
+# The run, resolved once when the workflow is parsed (carve.pipeline.run_config: config and sheet checked against their
 # schemas, defaults filled in, bundle, datasets, channels and cases by role); below only the names the rules use.
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from carve.run_config import ConfigError, resolve_run  # noqa: E402
+from carve.pipeline.run_config import ConfigError, resolve_run  # noqa: E402
 from snakemake.logging import logger  # noqa: E402
 
 try:
@@ -32,7 +32,7 @@ wildcard_constraints:
 
 
 def _alternatives(names):
-    from carve.run_config import _alternatives as alternatives
+    from carve.pipeline.run_config import _alternatives as alternatives
 
     return alternatives(names)
 

@@ -1,6 +1,6 @@
 # Several datasets, one network (config `datasets`, docs/multidomain.md): with `individual_models: true` each
 # dataset also gets one model per fold trained on that fold's cases of the dataset only, and the shared model's
-# cross-validation is compared with theirs per dataset (carve.compare).
+# cross-validation is compared with theirs per dataset (carve.evaluation.compare).
 
 
 rule train_individual_fold:

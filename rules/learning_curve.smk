@@ -1,7 +1,7 @@
 # Learning curve (config `learning_curve: {sizes: [2, 4, 8], draws: 3}`): one model per training-set size and
 # draw, trained like a fold on a nested, seeded subset of the training cases and scored on the draw's held-out
 # training cases and the labelled test cases. One subsets file per draw, so that more draws add models and
-# leave the trained ones alone. Logic: carve.learning_curve; docs/learning_curve.md.
+# leave the trained ones alone. Logic: carve.evaluation.learning_curve; docs/learning_curve.md.
 
 
 rule draw_learning_curve_subsets:

@@ -21,7 +21,7 @@ rule plan:
         mem_mb=4000,
         runtime=30,
     # torch, not imaging: `device: auto` and a GPU's memory are resolved with torch, as training will see them
-    # (carve.plan.fit_to_memory); envs/torch.yaml has every package planning needs.
+    # (carve.planning.plan.fit_to_memory); envs/torch.yaml has every package planning needs.
     conda:
         "../envs/torch.yaml"
     script:

@@ -1,6 +1,6 @@
-# Prediction: the fold ensemble for test cases, the held-out fold for training cases (carve.predict); both write
+# Prediction: the fold ensemble for test cases, the held-out fold for training cases (carve.prediction.predict); both write
 # the raw labels (the argmax of the members' mean probabilities) and the uncertainty maps on the case's own grid.
-# Postprocessing (carve.postprocess) is decided once from the raw cross-validation predictions and their
+# Postprocessing (carve.prediction.postprocess) is decided once from the raw cross-validation predictions and their
 # references, then applied alike to every raw prediction: predictions/ and cv/ hold the postprocessed labels
 # that are evaluated, meshed and exported; predictions_raw/ and cv_raw/ keep the raw ones (the decision and the
 # uncertainty assessment use those, so that neither is judged on its own output).

@@ -1,5 +1,5 @@
 # Provenance: manifest.json, written last, records the sha256 of every input and output, the resolved
-# configuration and the versions of carve, its code and its packages (carve.provenance).
+# configuration and the versions of carve, its code and its packages (carve.pipeline.provenance).
 
 
 rule write_manifest:

@@ -1,5 +1,5 @@
 # The report: `snakemake --report report.html` (or .zip) shows the outputs wrapped in report() below, with the
-# captions of workflow/report/. Tables and plots: carve.report; the per-case previews: carve.preview.
+# captions of workflow/report/. Tables and plots: carve.evaluation.report; the per-case previews: carve.evaluation.preview.
 # (No functions here: `snakemake --lint` wants them in common.smk.)
 
 

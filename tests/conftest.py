@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carve.io import Geometry
+from carve.imaging.io import Geometry
 
 REPO = Path(__file__).resolve().parents[1]
 

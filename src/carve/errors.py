@@ -1,9 +1,11 @@
 """The one error type for problems a user must fix: bad input, bad configuration, a place that cannot be written.
 
-:class:`CarveError` is what the step adapters (:func:`carve.workflow.run_step`) and the ``carve`` command show as one
+:class:`CarveError` is what the step adapters (:func:`carve.pipeline.workflow.run_step`) and the ``carve`` command
+show as one
 clear line, without a traceback. Every other exception is a bug, or a failure carve did not foresee: it keeps its
-traceback in the job's log. The named errors of the stages (:class:`carve.io.ImageReadError`,
-:class:`carve.convert.ConversionError`, :class:`carve.sheet.SheetError`, :class:`carve.plan.PlanError`, ...) are
+traceback in the job's log. The named errors of the stages (:class:`carve.imaging.io.ImageReadError`,
+:class:`carve.imaging.convert.ConversionError`, :class:`carve.pipeline.sheet.SheetError`,
+:class:`carve.planning.plan.PlanError`, ...) are
 subclasses; :class:`InputError` is for the rest. They are also ``ValueError`` (a bad value) or, for
 :class:`WriteError`, ``OSError`` (with its ``errno``), so callers that catch those keep working.
 """

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import job_stats, run_snakemake
 
-from carve.io import read_image
+from carve.imaging.io import read_image
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 import yaml
 
-from carve.dicom_write import write_dicom_series
-from carve.io import Geometry, read_channels, read_image, write_image
+from carve.export.dicom_write import write_dicom_series
+from carve.imaging.io import Geometry, read_channels, read_image, write_image
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from carve.io import Geometry, write_image
+from carve.imaging.io import Geometry, write_image
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

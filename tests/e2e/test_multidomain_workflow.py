@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_snakemake
 
-from carve.io import read_image
+from carve.imaging.io import read_image
 
 pytestmark = pytest.mark.e2e
 CONFIG = REPO / "tests" / "e2e" / "multidomain.yaml"

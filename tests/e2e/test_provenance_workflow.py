@@ -35,7 +35,7 @@ def snakemake(workdir: Path, *args: str, configs: tuple[Path, ...] = (CONFIG,)) 
 
 
 def verify(workdir: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "carve.provenance", "verify", "results/e2e/manifest.json"]
+    cmd = [sys.executable, "-m", "carve.pipeline.provenance", "verify", "results/e2e/manifest.json"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 

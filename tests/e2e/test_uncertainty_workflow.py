@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carve.io import read_image
-from carve.postprocess import apply_postprocessing, dice, load_postprocessing
+from carve.imaging.io import read_image
+from carve.prediction.postprocess import apply_postprocessing, dice, load_postprocessing
 
 pytestmark = pytest.mark.e2e
 LABELS = {1: "organ", 2: "lobe"}

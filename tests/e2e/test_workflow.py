@@ -13,7 +13,7 @@ import pytest
 import trimesh
 from conftest import assert_dciodvfy_clean
 
-from carve.io import read_image
+from carve.imaging.io import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "tests" / "e2e" / "config.yaml"
@@ -146,7 +146,7 @@ def test_rerun_has_nothing_to_do(run):
 
 
 def test_dicom_seg_round_trips_to_the_prediction(run):
-    from carve.dicom_labels import read_label_object
+    from carve.imaging.dicom_labels import read_label_object
 
     workdir, _, _ = run
     r = workdir / "results" / "e2e"

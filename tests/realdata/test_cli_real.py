@@ -9,14 +9,14 @@ import pytest
 import yaml
 from conftest import job_stats
 
-from carve.sheet import load_sheet
+from carve.pipeline.sheet import load_sheet
 
 pytestmark = pytest.mark.realdata
 
 
 def test_init_hippocampus10_and_dry_run(shared_data, tmp_path):
     folder = shared_data / "hippocampus10"
-    carve = [sys.executable, "-m", "carve.cli"]
+    carve = [sys.executable, "-m", "carve.pipeline.cli"]
     init = subprocess.run([*carve, "init", str(folder)], capture_output=True, text=True, cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert "label names made up from the label files' values [1, 2]" in init.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carve.convert import ConversionError, DicomOptions, convert_image, convert_label
-from carve.io import read_image
+from carve.imaging.convert import ConversionError, DicomOptions, convert_image, convert_label
+from carve.imaging.io import read_image
 
 pytestmark = pytest.mark.realdata
 

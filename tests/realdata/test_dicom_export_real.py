@@ -1,4 +1,4 @@
-"""carve.dicom_export on real series of several vendors: DICOM-SEG and RTSTRUCT pass dciodvfy and round-trip.
+"""carve.export.dicom_export on real series of several vendors: DICOM-SEG and RTSTRUCT pass dciodvfy and round-trip.
 
 The series are anonymised the way public test data is: dicom2nifti's lack Frame of Reference UIDs and most type-2
 Patient/Study attributes (birth date, sex, accession number, referring physician), the TotalSegmentator CT has
@@ -25,11 +25,11 @@ import pydicom
 import pytest
 from conftest import assert_dciodvfy_clean
 
-from carve.convert import DicomOptions
-from carve.dicom import find_series, read_dicom_series, select_series
-from carve.dicom_export import STUDY_KEYWORDS, write_dicom_seg, write_rtstruct
-from carve.dicom_labels import read_label_object
-from carve.io import Geometry
+from carve.export.dicom_export import STUDY_KEYWORDS, write_dicom_seg, write_rtstruct
+from carve.imaging.convert import DicomOptions
+from carve.imaging.dicom import find_series, read_dicom_series, select_series
+from carve.imaging.dicom_labels import read_label_object
+from carve.imaging.io import Geometry
 
 pytestmark = pytest.mark.realdata
 

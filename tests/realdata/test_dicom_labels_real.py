@@ -1,4 +1,5 @@
-"""carve.dicom_labels / carve.dicom_export on real objects: dcmqi's CT SEGs and rt-utils' phantom RTSTRUCT.
+"""carve.imaging.dicom_labels / carve.export.dicom_export on real objects: dcmqi's CT SEGs and rt-utils' phantom
+RTSTRUCT.
 
 The reference masks (NRRD, written by dcmqi from the same segmentations) lie on the CT grid, so the comparison is
 voxel by voxel.
@@ -14,11 +15,11 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-from carve.convert import DicomOptions
-from carve.dicom import read_dicom_series
-from carve.dicom_export import write_dicom_seg, write_rtstruct
-from carve.dicom_labels import read_label_object
-from carve.io import read_image
+from carve.export.dicom_export import write_dicom_seg, write_rtstruct
+from carve.imaging.convert import DicomOptions
+from carve.imaging.dicom import read_dicom_series
+from carve.imaging.dicom_labels import read_label_object
+from carve.imaging.io import read_image
 
 pytestmark = pytest.mark.realdata
 
@@ -45,7 +46,7 @@ def test_liver_seg_equals_the_reference_mask(shared_data, ct):
 
 def test_partial_overlaps_warn_and_keep_the_highest_label(shared_data, ct, caplog):
     _, image, geometry = ct
-    with caplog.at_level(logging.WARNING, logger="carve.dicom"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.dicom"):
         labels = read_label_object(shared_data / SEGS / "partial_overlaps.dcm", image.shape, geometry, OVERLAP_NAMES)
     # dcmqi split the segments into three non-overlapping layers whose values are the segment numbers
     layers = np.stack([read_image(shared_data / SEGS / f"partial_overlaps-{i}.nrrd")[0] for i in (1, 2, 3)])
@@ -96,7 +97,7 @@ def test_rtstruct_mock_reads_inside_the_phantom_and_round_trips(shared_data, tmp
     folder = shared_data / RT
     image, geometry = read_dicom_series(folder, min_slices=2)
     frame_of_reference = pydicom.dcmread(folder / "ct_1.dcm", stop_before_pixels=True).FrameOfReferenceUID
-    with caplog.at_level(logging.WARNING, logger="carve.dicom"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.dicom"):
         mask = read_label_object(
             folder / "rt.dcm", image.shape, geometry, {1: "roi-1"}, frame_of_reference_uid=frame_of_reference
         )

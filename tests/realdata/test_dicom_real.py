@@ -1,4 +1,4 @@
-"""carve.dicom on real scanner data: dicom2nifti's test series against their ground truths, and dcm_qa_ct_ge.
+"""carve.imaging.dicom on real scanner data: dicom2nifti's test series against their ground truths, and dcm_qa_ct_ge.
 
 A ground truth is compared voxel by voxel through the affines: for each voxel of the truth, the voxel of carve's
 volume at the same world point (LPS) must exist, lie within the tolerance of that point, and hold the same value.
@@ -15,8 +15,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from carve.dicom import DicomError, read_dicom_series
-from carve.io import Geometry, from_sitk
+from carve.imaging.dicom import DicomError, read_dicom_series
+from carve.imaging.io import Geometry, from_sitk
 
 pytestmark = pytest.mark.realdata
 

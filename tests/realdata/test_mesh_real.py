@@ -7,8 +7,8 @@ import pytest
 import trimesh
 from scipy import ndimage
 
-from carve.io import Geometry, read_image
-from carve.mesh import MeshOptions, export_label_meshes, mask_to_mesh
+from carve.export.mesh import MeshOptions, export_label_meshes, mask_to_mesh
+from carve.imaging.io import Geometry, read_image
 
 # TotalSegmentator v2 "total" class map (map_to_binary.py beside the file)
 LIVER, SPLEEN = 5, 1

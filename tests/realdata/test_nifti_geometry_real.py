@@ -1,8 +1,9 @@
 """Every real NIfTI (and NRRD) file of the shared data is still read by carve after the NIfTI placement checks.
 
-carve refuses a NIfTI whose sform is sheared or that ITK places elsewhere than its header does (carve.io); real
+carve refuses a NIfTI whose sform is sheared or that ITK places elsewhere than its header does (carve.imaging.io); real
 scanner headers carry float32 noise (axes orthonormal to about 1e-4), which the tolerances must let through. Each
-file is read through carve.io.read_channels (3D and 4D) and, when it holds one volume, read_image, and the geometry
+file is read through carve.imaging.io.read_channels (3D and 4D) and, when it holds one volume, read_image, and the
+geometry
 carve gets is compared with the header's (nibabel's affine, RAS turned to LPS) at the corner voxels.
 """
 
@@ -14,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from carve.io import Geometry, ImageReadError, read_channels, read_image
+from carve.imaging.io import Geometry, ImageReadError, read_channels, read_image
 
 pytestmark = pytest.mark.realdata
 

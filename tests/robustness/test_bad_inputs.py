@@ -19,9 +19,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from carve.convert import ConversionError, DicomOptions, convert_image, convert_label
-from carve.dicom import write_dicom_series
-from carve.io import Geometry, atomic_write_text, read_image, write_image
+from carve.imaging.convert import ConversionError, DicomOptions, convert_image, convert_label
+from carve.imaging.dicom import write_dicom_series
+from carve.imaging.io import Geometry, atomic_write_text, read_image, write_image
 
 CASE = "c7"
 LABELS = {1: "organ", 2: "vessel"}
@@ -197,7 +197,7 @@ def test_nan_or_infinite_voxels_refused(tmp_path, bad, name):
 
 def test_constant_image_converted_with_a_warning(tmp_path, caplog):
     write_image(tmp_path / "flat.nii.gz", np.full((4, 5, 6), 7, np.int16), GEOMETRY)
-    with caplog.at_level(logging.WARNING, logger="carve.convert"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.convert"):
         convert_image(CASE, tmp_path / "flat.nii.gz", tmp_path / "out" / "image.nii.gz")
     assert f"case '{CASE}': {tmp_path / 'flat.nii.gz'}: the image is constant (value 7)" in caplog.text
     np.testing.assert_array_equal(read_image(tmp_path / "out" / "image.nii.gz")[0], 7)
@@ -264,7 +264,7 @@ FAR = {  # beyond: refused
 def test_label_grid_within_tolerance_resampled(converted, what, caplog):
     out, labels = converted
     write_image(out.parent / "lab.nii.gz", labels, NEAR[what])
-    with caplog.at_level(logging.WARNING, logger="carve.convert"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.convert"):
         counts = convert_label_to(out, out.parent / "lab.nii.gz")
     assert "label grid differs from the image grid" in caplog.text and f"case '{CASE}'" in caplog.text
     back = read_image(out / "label.nii.gz")[0]
@@ -323,7 +323,7 @@ def test_bad_label_values_refused(converted, value, dtype, reason):
 def test_float_labels_close_to_integers_rounded(converted, caplog):
     out, labels = converted
     write_image(out.parent / "soft.nii.gz", labels.astype(np.float32) * 0.9999, GEOMETRY)
-    with caplog.at_level(logging.WARNING, logger="carve.convert"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.convert"):
         convert_label_to(out, out.parent / "soft.nii.gz")
     assert "float label values rounded to integers (max change 0.0002)" in caplog.text
     np.testing.assert_array_equal(read_image(out / "label.nii.gz")[0], labels)
@@ -332,7 +332,7 @@ def test_float_labels_close_to_integers_rounded(converted, caplog):
 def test_empty_label_of_a_training_case_kept_with_a_warning(converted, caplog):
     out, labels = converted
     write_image(out.parent / "none.nii.gz", np.zeros_like(labels), GEOMETRY)
-    with caplog.at_level(logging.WARNING, logger="carve.convert"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.convert"):
         counts = convert_label_to(out, out.parent / "none.nii.gz")
     assert counts == {"organ": 0, "vessel": 0}
     assert f"case '{CASE}': {out.parent / 'none.nii.gz'}: the label is empty (no foreground voxel)" in caplog.text
@@ -353,7 +353,7 @@ DISK_FULL = """
 import json, resource, signal, sys
 import numpy as np
 from pathlib import Path
-from carve.io import Geometry, atomic_write_text, write_image
+from carve.imaging.io import Geometry, atomic_write_text, write_image
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # every file stops at 8 KiB, like a disk that is full
 out, errors = Path(sys.argv[1]), {}
@@ -429,7 +429,7 @@ def test_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
 
 def test_step_turns_a_write_fault_into_one_line(tmp_path):
     """What a Snakemake job prints: run_step's one line, no traceback."""
-    from carve.workflow import run_step
+    from carve.pipeline.workflow import run_step
 
     write_image(tmp_path / "img.nii.gz", image_array(), GEOMETRY)
     (tmp_path / "results").write_text("in the way")

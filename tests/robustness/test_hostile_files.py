@@ -13,11 +13,11 @@ import pydicom
 import pytest
 import torch
 
-import carve.dicom
-from carve.convert import ConversionError, convert_image
-from carve.dicom import read_dicom_series, write_dicom_series
-from carve.io import Geometry
-from carve.network import load_model, load_payload, save_model
+import carve.imaging.dicom
+from carve.imaging.convert import ConversionError, convert_image
+from carve.imaging.dicom import read_dicom_series, write_dicom_series
+from carve.imaging.io import Geometry
+from carve.training.network import load_model, load_payload, save_model
 
 GEOMETRY = Geometry((2.0, 1.0, 1.0), (0.0, 0.0, 0.0), ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)))
 
@@ -86,7 +86,7 @@ def test_model_file_with_arbitrary_objects_is_refused(tmp_path):
 def test_broken_model_files_named(tmp_path, content, reason):
     path = tmp_path / "model.pt"
     if content == "half":
-        from carve.network import NetworkConfig, UNet3D
+        from carve.training.network import NetworkConfig, UNet3D
 
         config = NetworkConfig(1, 2, 4, 4, ((1, 1, 1),), ((3, 3, 3),))
         save_model(path, UNet3D(config), config, {})
@@ -97,7 +97,7 @@ def test_broken_model_files_named(tmp_path, content, reason):
 
 
 def test_model_error_reaches_the_user_as_one_line(tmp_path):
-    from carve.workflow import run_step
+    from carve.pipeline.workflow import run_step
 
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
@@ -122,7 +122,7 @@ def no_decoding(monkeypatch):
     def decode(*args, **kwargs):
         raise AssertionError("pixel data decoded before the header checks")
 
-    monkeypatch.setattr(carve.dicom, "_decode", decode)
+    monkeypatch.setattr(carve.imaging.dicom, "_decode", decode)
 
 
 def edited_series(folder: Path, first_only: bool = False, **changes) -> list[Path]:
@@ -182,12 +182,12 @@ def nifti_declaring(path: Path, shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("name", ["huge.nii", "huge.nii.gz"])
 def test_nifti_declaring_a_huge_size_refused_before_reading(tmp_path, monkeypatch, name):
     """SimpleITK would allocate the declared 3.2 GiB and fill what is missing with zeros."""
-    import carve.convert
+    import carve.imaging.convert
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the image was read before its size was checked")
 
-    monkeypatch.setattr(carve.convert, "read_image", no_reading)
+    monkeypatch.setattr(carve.imaging.convert, "read_image", no_reading)
     nifti_declaring(tmp_path / name, (1000, 1000, 860))
     with pytest.raises(ConversionError) as err:
         convert_image("h1", tmp_path / name, tmp_path / "out" / "image.nii.gz")

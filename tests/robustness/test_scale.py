@@ -125,7 +125,7 @@ def test_no_job_puts_case_lists_on_a_command_line(big_dry_run):
 
 def test_no_code_builds_a_shell_command():
     """Nothing in the package or the step scripts runs a shell or passes a string command to a process."""
-    files = sorted((REPO / "src" / "carve").glob("*.py")) + sorted((REPO / "workflow" / "scripts").glob("*.py"))
+    files = sorted((REPO / "src" / "carve").rglob("*.py")) + sorted((REPO / "workflow" / "scripts").glob("*.py"))
     assert len(files) > 40
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):

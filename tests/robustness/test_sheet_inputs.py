@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import REPO, job_stats
 
-from carve.io import Geometry, write_image
-from carve.sheet import SheetError, check_case_id, check_folds, load_sheet
+from carve.imaging.io import Geometry, write_image
+from carve.pipeline.sheet import SheetError, check_case_id, check_folds, load_sheet
 
 HEADER = "case\timage\tlabel\trole"
 

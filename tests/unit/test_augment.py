@@ -1,4 +1,4 @@
-"""carve.augment: identity, label integrity, mirroring, physical rotations, reproducibility."""
+"""carve.training.augment: identity, label integrity, mirroring, physical rotations, reproducibility."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from carve.augment import AugmentConfig, augment_batch, rotation_matrices, spatial_margin, warp
+from carve.training.augment import AugmentConfig, augment_batch, rotation_matrices, spatial_margin, warp
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import carve
-from carve.bundle import BundleError, load_bundle, write_bundle
-from carve.network import NetworkConfig, UNet3D, load_model, save_model
-from carve.plan import PLANS_VERSION
+from carve.planning.plan import PLANS_VERSION
+from carve.prediction.bundle import BundleError, load_bundle, write_bundle
+from carve.training.network import NetworkConfig, UNet3D, load_model, save_model
 
 NET = NetworkConfig(in_channels=1, n_classes=2, base_channels=4, max_channels=8,
                     strides=((1, 1, 1), (2, 2, 2)), kernel_sizes=((3, 3, 3), (3, 3, 3)))  # fmt: skip

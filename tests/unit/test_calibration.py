@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from carve.calibration import (
+from carve.evaluation.calibration import (
     THRESHOLDS,
     assess_case,
     assess_case_files,
@@ -20,7 +20,7 @@ from carve.calibration import (
     summarise_assessment_files,
     threshold_counts,
 )
-from carve.io import write_image
+from carve.imaging.io import write_image
 
 SHAPE = (4, 6, 5)
 
@@ -187,7 +187,7 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
 
 
 def test_maps_figure_of_a_run_folder(tmp_path, oblique_geometry) -> None:
-    from carve.calibration import write_maps_figure
+    from carve.evaluation.calibration import write_maps_figure
 
     reference, prediction, confidence, entropy, mi, _ = case_arrays()
     write_image(tmp_path / "nifti" / "c" / "image.nii.gz", reference.astype(np.float32), oblique_geometry)

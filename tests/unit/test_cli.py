@@ -1,4 +1,5 @@
-"""The `carve` command (carve.cli): help, init on tiny nnU-Net/MSD/plain folders, run/predict command lines with
+"""The `carve` command (carve.pipeline.cli): help, init on tiny nnU-Net/MSD/plain folders, run/predict command
+lines with
 Snakemake dry runs, verify, and one-line errors."""
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import yaml
 from conftest import job_stats
 
 import carve
-from carve import cli
-from carve.bundle import write_bundle
-from carve.plan import PLANS_VERSION
-from carve.provenance import write_manifest
-from carve.sheet import load_sheet
+from carve.pipeline import cli
+from carve.pipeline.provenance import write_manifest
+from carve.pipeline.sheet import load_sheet
+from carve.planning.plan import PLANS_VERSION
+from carve.prediction.bundle import write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def carve_cmd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command, as the console script runs it."""
-    return subprocess.run([sys.executable, "-m", "carve.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "carve.pipeline.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def nifti(path: Path, values: np.ndarray | None = None, shape: tuple[int, ...] = (6, 7, 8)) -> Path:

@@ -1,4 +1,4 @@
-"""carve.compare: the shared model against individual models, per dataset (known answers)."""
+"""carve.evaluation.compare: the shared model against individual models, per dataset (known answers)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carve.compare import compare_datasets, comparison_table
+from carve.evaluation.compare import compare_datasets, comparison_table
 
 
 def _rows(values):

@@ -1,4 +1,4 @@
-"""config/README.md says what the schema says (carve.config_doc)."""
+"""config/README.md says what the schema says (carve.pipeline.config_doc)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from carve.config_doc import load_schema, render_config_readme
+from carve.pipeline.config_doc import load_schema, render_config_readme
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from carve.convert import ConversionError, LabelOptions, convert_image, convert_label
-from carve.io import Geometry, read_image, write_image
+from carve.imaging.convert import ConversionError, LabelOptions, convert_image, convert_label
+from carve.imaging.io import Geometry, read_image, write_image
 
 LABELS = {1: "a", 2: "b"}
 
@@ -87,7 +87,7 @@ def test_unknown_file_kind_and_missing(tmp_path):
 @pytest.fixture
 def study(tmp_path):
     """A DICOM study folder with a T1 and a coarser, shifted T2 series (nested folders) and their arrays."""
-    from carve.dicom_write import write_dicom_series
+    from carve.export.dicom_write import write_dicom_series
 
     rng = np.random.default_rng(5)
     axes = ((-1, 0, 0), (0, 1, 0), (0, 0, 1))  # array axis 0 along the DICOM slice normal
@@ -102,8 +102,8 @@ def study(tmp_path):
 
 
 def test_study_folder_feeds_two_channels(study, tmp_path, caplog):
-    from carve.convert import ChannelSpec
-    from carve.io import read_channels
+    from carve.imaging.convert import ChannelSpec
+    from carve.imaging.io import read_channels
 
     root, t1, t2, g1 = study
     channels = [ChannelSpec("T1", series_description="T1"), ChannelSpec("T2", series_description="T2")]
@@ -136,8 +136,8 @@ def test_single_channel_series_choice_from_sheet(study, tmp_path):
 
 
 def test_4d_file_gives_one_volume_per_channel(tmp_path, oblique_geometry):
-    from carve.convert import ChannelSpec
-    from carve.io import read_channels, write_channels
+    from carve.imaging.convert import ChannelSpec
+    from carve.imaging.io import read_channels, write_channels
 
     data = np.random.default_rng(1).normal(size=(3, 4, 5, 6)).astype(np.float32)
     write_channels(tmp_path / "in.nii.gz", data, oblique_geometry)
@@ -188,7 +188,7 @@ def _sheared_nifti(path, shape: tuple[int, ...] = (6, 7, 8)):
 
 
 def test_sheared_image_refused_naming_case_and_file_nothing_written(tmp_path) -> None:
-    from carve.convert import ChannelSpec
+    from carve.imaging.convert import ChannelSpec
 
     _sheared_nifti(tmp_path / "sheared.nii.gz")
     out = tmp_path / "out" / "image.nii.gz"

@@ -1,4 +1,4 @@
-"""carve.dicom: write/read round trips and refusals on small synthetic series (anisotropic, oblique)."""
+"""carve.imaging.dicom: write/read round trips and refusals on small synthetic series (anisotropic, oblique)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
-from carve.dicom import DicomError, find_series, read_dicom_series, select_series, write_dicom_series
-from carve.io import Geometry, from_sitk
+from carve.imaging.dicom import DicomError, find_series, read_dicom_series, select_series, write_dicom_series
+from carve.imaging.io import Geometry, from_sitk
 
 AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # axis 0 -> z, 1 -> y, 2 -> x
 
@@ -196,7 +196,7 @@ def test_colour_and_inconsistent_sizes_refused_from_headers(tmp_path):
 
 
 def test_absurd_sizes_refused_before_decoding(tmp_path, monkeypatch):
-    import carve.dicom
+    import carve.imaging.dicom
 
     paths = write_dicom_series(ramp(), oblique(), tmp_path)
     edit(paths, Rows=60000, Columns=60000)
@@ -204,7 +204,7 @@ def test_absurd_sizes_refused_before_decoding(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("pixel data decoded before the header checks")
 
-    monkeypatch.setattr(carve.dicom, "_decode", no_decoding)
+    monkeypatch.setattr(carve.imaging.dicom, "_decode", no_decoding)
     with pytest.raises(DicomError, match="GiB of pixel data"):
         read_dicom_series(tmp_path)
 
@@ -226,7 +226,7 @@ def test_gantry_tilt_refused_or_resampled(tmp_path, caplog):
     edit(paths, ImagePositionPatient=lambda ds: [f"{v:.10f}" for v in world(int(ds.InstanceNumber) - 1, 0, 0)])
     with pytest.raises(DicomError, match=r"gantry tilt of about 14\.04 degrees"):
         read_dicom_series(tmp_path, tilt="refuse")
-    with caplog.at_level(logging.INFO, logger="carve.dicom"):
+    with caplog.at_level(logging.INFO, logger="carve.imaging.dicom"):
         back, g = read_dicom_series(tmp_path, tilt="resample")
     assert "resampled onto an orthogonal grid" in caplog.text
     assert back.shape == (5, 12 + 2, 10)  # 4 slices x 0.5 mm of shift widen the grid by 2 rows

@@ -1,6 +1,7 @@
-"""carve.dicom_export on sources that lack type-2 or optional attributes, validated with dciodvfy (dicom3tools).
+"""carve.export.dicom_export on sources that lack type-2 or optional attributes, validated with dciodvfy (dicom3tools).
 
-The sources are synthetic series written by :func:`carve.dicom.write_dicom_series` and then stripped or spoiled with
+The sources are synthetic series written by :func:`carve.imaging.dicom.write_dicom_series` and then stripped or
+spoiled with
 pydicom the way anonymisers leave real series (see tests/realdata/test_dicom_export_real.py for those).
 """
 
@@ -20,10 +21,10 @@ from pydicom.dataelem import DataElement
 from pydicom.uid import ImplicitVRLittleEndian
 from scipy.spatial.transform import Rotation
 
-from carve.dicom import DicomError, read_dicom_series, write_dicom_series
-from carve.dicom_export import write_dicom_seg, write_rtstruct
-from carve.dicom_labels import read_label_object
-from carve.io import Geometry
+from carve.export.dicom_export import write_dicom_seg, write_rtstruct
+from carve.imaging.dicom import DicomError, read_dicom_series, write_dicom_series
+from carve.imaging.dicom_labels import read_label_object
+from carve.imaging.io import Geometry
 
 NAMES = {1: "liver", 2: "lesion"}
 SHAPE = (5, 24, 20)
@@ -150,7 +151,7 @@ def test_missing_frame_of_reference_is_derived_and_shared_by_seg_and_rtstruct(
     synthetic_series(folder, lambda ds: delattr(ds, "FrameOfReferenceUID"))
     image, grid = read_dicom_series(folder)
     labels = box_labels(image.shape)
-    with caplog.at_level(logging.WARNING, logger="carve.dicom"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.dicom"):
         seg_path, rt_path = export_both(folder, tmp_path, labels)
     assert "the source has no FrameOfReferenceUID" in caplog.text
     seg, rt = pydicom.dcmread(seg_path), pydicom.dcmread(rt_path)
@@ -175,7 +176,7 @@ def test_blank_uids_come_from_the_file_meta_or_are_derived(tmp_path: Path, caplo
     instances = {str(pydicom.dcmread(p).file_meta.MediaStorageSOPInstanceUID) for p in paths}
     image, grid = read_dicom_series(folder)
     labels = box_labels(image.shape)
-    with caplog.at_level(logging.WARNING, logger="carve.dicom"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.dicom"):
         seg_path, rt_path = export_both(folder, tmp_path, labels)
     assert "the source has no StudyInstanceUID" in caplog.text and "no SeriesInstanceUID" in caplog.text
     seg, rt = pydicom.dcmread(seg_path), pydicom.dcmread(rt_path)
@@ -215,7 +216,7 @@ def test_rtstruct_with_a_contour_over_64_kib_is_written_in_implicit_vr(
     labels = np.zeros(image.shape, dtype=np.uint8)
     for r in range(10, 390):  # a comb: one contour of about 2300 points
         labels[1, r, 10 + 3 * (r % 2) : 390 - 3 * (r % 2)] = 1
-    with caplog.at_level(logging.INFO, logger="carve.dicom"):
+    with caplog.at_level(logging.INFO, logger="carve.imaging.dicom"):
         path = write_rtstruct(labels, folder, {1: "comb"}, tmp_path / "rt.dcm")
     assert "written in implicit VR little endian" in caplog.text
     rt = pydicom.dcmread(path)

@@ -1,4 +1,5 @@
-"""carve.dicom_labels / carve.dicom_export: DICOM-SEG and RTSTRUCT round trips on a synthetic oblique series."""
+"""carve.imaging.dicom_labels / carve.export.dicom_export: DICOM-SEG and RTSTRUCT round trips on a synthetic
+oblique series."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pytest
 from pydicom.sr.codedict import codes
 from scipy.spatial.transform import Rotation
 
-from carve.dicom import DicomError, read_dicom_series, write_dicom_series
-from carve.dicom_export import mask_contours, write_dicom_seg, write_rtstruct
-from carve.dicom_labels import find_label_object, read_label_object
-from carve.io import Geometry
+from carve.export.dicom_export import mask_contours, write_dicom_seg, write_rtstruct
+from carve.imaging.dicom import DicomError, read_dicom_series, write_dicom_series
+from carve.imaging.dicom_labels import find_label_object, read_label_object
+from carve.imaging.io import Geometry
 
 NAMES = {1: "Liver", 3: "spleen", 7: "kidney"}
 SHAPE = (7, 40, 36)
@@ -149,7 +150,7 @@ def test_overlapping_segments_get_the_highest_label_value(series, tmp_path, capl
     stacked[3, 15:18, 0:30, 2] = 1  # 'c' -> label 6
     path = tmp_path / "overlap.dcm"
     _highdicom_seg(folder, stacked, grid.affine, ["a", "b", "c"]).save_as(path)
-    with caplog.at_level(logging.WARNING, logger="carve.dicom"):
+    with caplog.at_level(logging.WARNING, logger="carve.imaging.dicom"):
         back = read_label_object(path, image.shape, grid, {9: "A", 4: "B", 6: "C"})
     claims = stacked.sum(axis=-1)
     expected = np.max(stacked * np.array([9, 4, 6], dtype=np.uint8), axis=-1)

@@ -81,13 +81,13 @@ def test_scripts_import_only_what_their_env_provides(env):
 
 FAKE = """
 import skimage.measure  # a package of the env importing its own dependencies: allowed
-from carve.topology import NetworkConfig  # torch-free
+from carve.planning.topology import NetworkConfig  # torch-free
 try:
     import torch
 except ImportError as err:
     print("caught:", err)
-import carve.network  # torch, from carve code
-print("imported carve.network")
+import carve.training.network  # torch, from carve code
+print("imported carve.training.network")
 """
 
 
@@ -108,11 +108,11 @@ def fake_job(tmp_path: Path, env: str) -> tuple[subprocess.CompletedProcess, lis
 def test_guard_refuses_torch_to_a_script_of_the_imaging_env(tmp_path):
     done, records, guard = fake_job(tmp_path, "imaging")
     assert done.returncode != 0
-    expected = "env guard: rule fake_step (conda: envs/imaging.yaml) imports 'torch' (from carve.network)"
+    expected = "env guard: rule fake_step (conda: envs/imaging.yaml) imports 'torch' (from carve.training.network)"
     assert f"ModuleNotFoundError: {expected}" in done.stderr
     assert "caught: env guard: rule fake_step (conda: envs/imaging.yaml) imports 'torch' (from __main__)" in done.stdout
     blocked = [(r["module"], r["importer"]) for r in records if r["event"] == "blocked"]
-    assert blocked == [("torch", "__main__"), ("torch", "carve.network")]
+    assert blocked == [("torch", "__main__"), ("torch", "carve.training.network")]
     assert [r["rules"] for r in records if r["event"] == "guarded"] == [["fake_step"]]
     with pytest.raises(AssertionError, match="imports outside the rules' conda envs"):
         assert_env_boundary_held(guard, "")
@@ -126,15 +126,15 @@ def test_guard_refuses_torch_to_a_script_of_the_imaging_env(tmp_path):
 def test_guard_lets_a_script_of_the_torch_env_import_torch(tmp_path):
     done, records, _ = fake_job(tmp_path, "torch")
     assert done.returncode == 0, done.stderr
-    assert "imported carve.network" in done.stdout and "caught" not in done.stdout
+    assert "imported carve.training.network" in done.stdout and "caught" not in done.stdout
     assert [r["event"] for r in records] == ["guarded"]
 
 
 def test_planning_for_the_cpu_needs_no_torch_and_auto_needs_it():
-    """Topology and memory estimate are torch-free (carve.topology); `device: auto` asks torch, which is why
+    """Topology and memory estimate are torch-free (carve.planning.topology); `device: auto` asks torch, which is why
     rule plan runs in envs/torch.yaml."""
     code = (
-        "from carve.plan import PlanOptions, fit_to_memory\n"
+        "from carve.planning.plan import PlanOptions, fit_to_memory\n"
         "print(fit_to_memory((12, 32, 32), (3.0, 1.2, 1.2), PlanOptions(max_patch_voxels=8192), 1, 3)[:4])\n"
         "try:\n    fit_to_memory((12, 32, 32), (3.0, 1.2, 1.2), PlanOptions(device='auto'), 1, 3)\n"
         "except ImportError as err:\n    print('auto:', err)\n"
@@ -162,8 +162,8 @@ def test_planning_for_the_cpu_needs_no_torch_and_auto_needs_it():
 )
 def test_torch_free_parameter_count_equals_the_networks(kwargs):
     """The memory estimate planning uses counts the U-Net's parameters without building it."""
-    from carve.network import UNet3D
-    from carve.topology import NetworkConfig, parameter_count
+    from carve.planning.topology import NetworkConfig, parameter_count
+    from carve.training.network import UNet3D
 
     config = NetworkConfig(**kwargs)
     assert parameter_count(config) == sum(p.numel() for p in UNet3D(config).parameters())
@@ -171,7 +171,7 @@ def test_torch_free_parameter_count_equals_the_networks(kwargs):
 
 @pytest.mark.e2e
 def test_several_datasets_convert_and_plan_inside_their_envs(tmp_path):
-    """The multi-dataset path up to the plan, under the guard: union labels (carve.labels) in convert_label
+    """The multi-dataset path up to the plan, under the guard: union labels (carve.imaging.labels) in convert_label
     (envs/imaging.yaml), per-dataset plans (envs/torch.yaml). The rest of it (training, prediction, comparison)
     runs in the full multi-dataset run; its fixture can run under the guard as tiny_run does (env=env_guard())."""
     import shutil

@@ -7,15 +7,15 @@ import logging
 
 import pytest
 
-from carve.bundle import BundleError
-from carve.convert import ConversionError
-from carve.dicom import DicomError
 from carve.errors import CarveError, InputError, WriteError
-from carve.evaluate import EvaluationError
-from carve.io import ImageReadError, atomic_write_text
-from carve.plan import PlanError
-from carve.sheet import SheetError
-from carve.workflow import run_step
+from carve.evaluation.evaluate import EvaluationError
+from carve.imaging.convert import ConversionError
+from carve.imaging.dicom import DicomError
+from carve.imaging.io import ImageReadError, atomic_write_text
+from carve.pipeline.sheet import SheetError
+from carve.pipeline.workflow import run_step
+from carve.planning.plan import PlanError
+from carve.prediction.bundle import BundleError
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carve.evaluate import EvaluationError, evaluate_case, summarise, summarise_files, write_table
-from carve.io import Geometry, write_image
+from carve.evaluation.evaluate import EvaluationError, evaluate_case, summarise, summarise_files, write_table
+from carve.imaging.io import Geometry, write_image
 
 LABELS = {1: "a", 2: "b"}
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from carve.fold import load_preprocessed
-from carve.io import Geometry
-from carve.preprocess import save_case
+from carve.imaging.io import Geometry
+from carve.planning.preprocess import save_case
+from carve.training.fold import load_preprocessed
 
 
 def test_load_preprocessed_checks_every_name_first(tmp_path):

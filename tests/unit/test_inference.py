@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from carve.inference import (
+from carve.prediction.inference import (
     EnsembleResult,
     gaussian_importance,
     sliding_window_probabilities,
@@ -239,7 +239,7 @@ def test_all_mirror_combinations_are_members() -> None:
 
 
 def test_projections_multiply_the_members() -> None:
-    from carve.projection import radial_projections
+    from carve.prediction.projection import radial_projections
 
     calls: list[int] = []
 
@@ -258,7 +258,7 @@ def test_projections_multiply_the_members() -> None:
 
 
 def _tiny_model(path, seed: int) -> None:
-    from carve.network import NetworkConfig, UNet3D, save_model
+    from carve.training.network import NetworkConfig, UNet3D, save_model
 
     torch.manual_seed(seed)
     config = NetworkConfig(
@@ -279,9 +279,9 @@ def _tiny_model(path, seed: int) -> None:
 def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geometry) -> None:
     from scipy import ndimage
 
-    from carve.io import read_image, write_image
-    from carve.postprocess import apply_postprocessing
-    from carve.predict import PredictOptions, map_names, predict_case
+    from carve.imaging.io import read_image, write_image
+    from carve.prediction.postprocess import apply_postprocessing
+    from carve.prediction.predict import PredictOptions, map_names, predict_case
 
     shape = (6, 12, 14)
     rng = np.random.default_rng(0)

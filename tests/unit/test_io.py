@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from carve.io import Geometry, ImageReadError, read_image, write_image
+from carve.imaging.io import Geometry, ImageReadError, read_image, write_image
 
 
 def test_round_trip_keeps_values_and_geometry(tmp_path, oblique_geometry):
@@ -65,7 +65,7 @@ def test_write_is_atomic_no_temporary_left(tmp_path, oblique_geometry):
 def test_channels_round_trip_as_4d(tmp_path, oblique_geometry):
     import nibabel as nib
 
-    from carve.io import read_channels, write_channels
+    from carve.imaging.io import read_channels, write_channels
 
     data = np.random.default_rng(3).normal(size=(3, 4, 5, 6)).astype(np.float32)
     write_channels(tmp_path / "c.nii.gz", data, oblique_geometry)
@@ -81,7 +81,7 @@ def test_channels_round_trip_as_4d(tmp_path, oblique_geometry):
 
 
 def test_stale_temporary_of_a_killed_writer_is_removed(tmp_path, oblique_geometry):
-    from carve.io import atomic_write_text
+    from carve.imaging.io import atomic_write_text
 
     (tmp_path / ".image.nii.gz.abc123.nii.gz").write_bytes(b"half")  # what a kill -9 mid-write leaves
     (tmp_path / ".notes.txt.xyz").write_bytes(b"half")
@@ -94,7 +94,7 @@ def test_stale_temporary_of_a_killed_writer_is_removed(tmp_path, oblique_geometr
 def test_written_files_get_the_usual_permissions(tmp_path, oblique_geometry):
     import os
 
-    from carve.io import atomic_write_text
+    from carve.imaging.io import atomic_write_text
 
     mask = os.umask(0o022)
     os.umask(mask)
@@ -164,7 +164,7 @@ def _sheared() -> np.ndarray:
 
 @pytest.mark.parametrize("with_qform", [False, True], ids=["sform-only", "sform-and-qform"])
 def test_sheared_nifti_is_refused_naming_the_file(tmp_path, with_qform) -> None:
-    from carve.io import read_channels
+    from carve.imaging.io import read_channels
 
     qform = _affine((2.0, 3.0, 4.0), (10.0, 20.0, 30.0)) if with_qform else None
     path = _write_nifti(tmp_path / "sheared.nii.gz", _sheared(), qform)
@@ -252,7 +252,7 @@ def test_sform_and_qform_that_disagree_are_read_by_the_sform_with_a_warning(tmp_
     sform = _affine((2.0, 3.0, 4.0), (10.0, 20.0, 30.0))
     qform = _affine((2.0, 3.0, 4.0), (15.0, 20.0, 30.0))
     path = _write_nifti(tmp_path / "twoforms.nii.gz", sform, qform, sform_code=1, qform_code=1)
-    with caplog.at_level("WARNING", logger="carve.io"):
+    with caplog.at_level("WARNING", logger="carve.imaging.io"):
         _, geometry = read_image(path)
     ijk, lps = _header_corners_lps(path)
     np.testing.assert_allclose(geometry.index_to_world(ijk), lps, atol=1e-4)

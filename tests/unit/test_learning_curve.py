@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from carve.learning_curve import (
+from carve.evaluation.learning_curve import (
     LearningCurveOptions,
     Subset,
     curve_summary,

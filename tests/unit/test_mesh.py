@@ -1,4 +1,4 @@
-"""carve.mesh on spheres and ellipsoids placed by oblique, anisotropic, flipped geometries."""
+"""carve.export.mesh on spheres and ellipsoids placed by oblique, anisotropic, flipped geometries."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from carve.io import Geometry
-from carve.mesh import STL_HEADER, MeshOptions, export_label_meshes, mask_to_mesh, mesh_bytes, safe_file_stem
+from carve.export.mesh import STL_HEADER, MeshOptions, export_label_meshes, mask_to_mesh, mesh_bytes, safe_file_stem
+from carve.imaging.io import Geometry
 
 SPACING = (2.5, 0.7, 0.9)
 ORIGIN = (-40.0, 12.5, 7.0)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from carve.io import Geometry
-from carve.mesh import MeshOptions, export_label_meshes
-from carve.mesh_colour import colormap_rgba, colour_by_volume, sample_trilinear
+from carve.export.mesh import MeshOptions, export_label_meshes
+from carve.export.mesh_colour import colormap_rgba, colour_by_volume, sample_trilinear
+from carve.imaging.io import Geometry
 
 GRADIENT_MM = np.array([0.004, -0.010, 0.007])  # uncertainty rises by this much per LPS millimetre
 GRADIENT_AT = np.array([10.0, 20.0, 5.0])  # where it is 0.5

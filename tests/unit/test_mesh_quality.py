@@ -1,4 +1,5 @@
-"""carve.mesh_quality: the label surface, exact distances, manifoldness, printability; carve.mesh_build.repair."""
+"""carve.export.mesh_quality: the label surface, exact distances, manifoldness, printability;
+carve.export.mesh_build.repair."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from carve.io import Geometry
-from carve.mesh_build import marching_cubes_mesh, match_volume, repair
-from carve.mesh_quality import (
+from carve.export.mesh_build import marching_cubes_mesh, match_volume, repair
+from carve.export.mesh_quality import (
     distances_to_triangles,
     is_edge_manifold,
     label_surface,
@@ -16,6 +16,7 @@ from carve.mesh_quality import (
     nonmanifold_vertex_count,
     printability,
 )
+from carve.imaging.io import Geometry
 
 SPACING = (2.5, 0.7, 0.9)
 
@@ -65,7 +66,7 @@ def test_distances_in_chunks_are_the_same(monkeypatch):
     triangles = rng.normal(size=(200, 3, 3)) * 5.0
     points = rng.normal(size=(400, 3)) * 8.0
     whole = distances_to_triangles(points, triangles)
-    monkeypatch.setattr("carve.mesh_quality.MAX_PAIRS", 50)
+    monkeypatch.setattr("carve.export.mesh_quality.MAX_PAIRS", 50)
     np.testing.assert_array_equal(distances_to_triangles(points, triangles), whole)
 
 

@@ -1,4 +1,4 @@
-"""Tests for carve.metrics on tiny generated volumes with anisotropic spacing: known answers, the empty-mask
+"""Tests for carve.evaluation.metrics on tiny generated volumes with anisotropic spacing: known answers, the empty-mask
 conventions, and live agreement with direct numpy computations, DeepMind's ``surface_distance`` and MONAI."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
 
-from carve.metrics import (
+from carve.evaluation.metrics import (
     evaluate_labels,
     overlap_metrics,
     surface_distances,

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carve.augment import AugmentConfig
-from carve.convert import ChannelSpec, convert_image
-from carve.fold import train_config_from
-from carve.io import Geometry, read_image, write_channels, write_image
-from carve.metrics import overlap_metrics
-from carve.plan import PlanOptions, plan_dataset
-from carve.predict import PredictOptions, predict_case
-from carve.preprocess import load_case, preprocess_case
-from carve.train import train_fold
+from carve.evaluation.metrics import overlap_metrics
+from carve.imaging.convert import ChannelSpec, convert_image
+from carve.imaging.io import Geometry, read_image, write_channels, write_image
+from carve.planning.plan import PlanOptions, plan_dataset
+from carve.planning.preprocess import load_case, preprocess_case
+from carve.prediction.predict import PredictOptions, predict_case
+from carve.training.augment import AugmentConfig
+from carve.training.fold import train_config_from
+from carve.training.train import train_fold
 
 torch.set_num_threads(1)
 GEOMETRY = Geometry((2.0, 1.0, 1.0), (4.0, -3.0, 7.0), ((1, 0, 0), (0, 1, 0), (0, 0, 1)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carve.labels import (
+from carve.imaging.labels import (
     DatasetSpec,
     annotated_classes,
     remap_labels,
@@ -15,7 +15,8 @@ from carve.labels import (
     union_label_names,
     union_values,
 )
-from carve.multidomain import (
+from carve.planning.topology import NetworkConfig
+from carve.training.multidomain import (
     BalancedSampler,
     MultiScaleContrast,
     adjacency_penalty,
@@ -25,9 +26,8 @@ from carve.multidomain import (
     marginal_dice_ce,
     supervised_contrastive,
 )
-from carve.network import UNet3D, load_model
-from carve.topology import NetworkConfig
-from carve.train import TrainConfig, dice_ce_loss, train_fold
+from carve.training.network import UNet3D, load_model
+from carve.training.train import TrainConfig, dice_ce_loss, train_fold
 
 KNEE = DatasetSpec("knee", {1: "femur", 2: "tibia"})
 ANKLE = DatasetSpec("ankle", {1: "tibia", 2: "talus"}, "CT")
@@ -175,12 +175,12 @@ def test_train_fold_with_two_datasets_learns_both_and_resumes_exactly(tmp_path, 
     )
     val = [cases[0], cases[3]]
     path = train_fold(cases, val, config, tmp_path / "full", domains=setup)
-    from carve.network import load_model
+    from carve.training.network import load_model
 
     model, extra = load_model(path)
     assert len(extra["val_dice"]) == 2 and min(extra["val_dice"]) > 0.5
     # killed after the checkpoint of epoch 2 (in the curves writer of epoch 3), then rerun
-    import carve.train as train_mod
+    import carve.training.train as train_mod
 
     real, calls = train_mod._write_curves, {"n": 0}
 

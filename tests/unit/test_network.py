@@ -1,4 +1,4 @@
-"""carve.network: U-Net shapes, topology planning, patch fitting, safe weight files."""
+"""carve.training.network: U-Net shapes, topology planning, patch fitting, safe weight files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from carve.network import UNet3D, load_model, save_model
-from carve.topology import NetworkConfig, fit_patch_size, forward_flops, plan_topology
+from carve.planning.topology import NetworkConfig, fit_patch_size, forward_flops, plan_topology
+from carve.training.network import UNet3D, load_model, save_model
 
 torch.set_num_threads(1)
 
@@ -161,7 +161,7 @@ def test_load_model_errors_name_the_file(tmp_path) -> None:
     ],
 )
 def test_training_memory_estimate_covers_what_autograd_keeps(config, patch):
-    from carve.topology import PEAK_OVER_SAVED, training_memory_bytes
+    from carve.planning.topology import PEAK_OVER_SAVED, training_memory_bytes
 
     model = UNet3D(config).train()
     saved, seen = [0], set()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from carve.fold import train_config_from
-from carve.io import Geometry, read_image, to_sitk, write_image
-from carve.orientation import Reorientation, check_mirror_axes, reorientation, sided_labels, to_canonical
-from carve.predict import prediction_mirror_axes
+from carve.imaging.io import Geometry, read_image, to_sitk, write_image
+from carve.imaging.orientation import Reorientation, check_mirror_axes, reorientation, sided_labels, to_canonical
+from carve.prediction.predict import prediction_mirror_axes
+from carve.training.fold import train_config_from
 
 
 def signed_permutations():
@@ -138,8 +138,8 @@ def test_a_model_segments_the_same_voxels_whatever_the_storage_order(tmp_path) -
     predictions agree voxel for voxel once brought onto one grid by ITK (independent of carve's reorientation)."""
     import torch
 
-    from carve.network import NetworkConfig, UNet3D, save_model
-    from carve.predict import PredictOptions, predict_case
+    from carve.prediction.predict import PredictOptions, predict_case
+    from carve.training.network import NetworkConfig, UNet3D, save_model
 
     torch.manual_seed(0)
     config = NetworkConfig(1, 3, 4, 8, ((1, 1, 1), (2, 2, 2)), ((3, 3, 3), (3, 3, 3)), deep_supervision=False)

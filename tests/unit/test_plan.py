@@ -3,8 +3,16 @@ import json
 import numpy as np
 import pytest
 
-from carve.io import Geometry, write_channels, write_image
-from carve.plan import PLANS_VERSION, PlanError, PlanOptions, choose_target_spacing, fingerprint, load_plans, make_plans
+from carve.imaging.io import Geometry, write_channels, write_image
+from carve.planning.plan import (
+    PLANS_VERSION,
+    PlanError,
+    PlanOptions,
+    choose_target_spacing,
+    fingerprint,
+    load_plans,
+    make_plans,
+)
 
 LABELS = {1: "organ"}
 
@@ -71,7 +79,7 @@ def test_plans_with_gaps_in_labels_or_old_version_refused(tmp_path):
 
 
 def test_patch_fitted_to_device_memory(tmp_path):
-    from carve.topology import NetworkConfig, training_memory_bytes
+    from carve.planning.topology import NetworkConfig, training_memory_bytes
 
     rng = np.random.default_rng(0)
     pairs = [_case(tmp_path, f"c{i}", (1.0, 1.0, 1.0), rng, shape=(96, 96, 96)) for i in range(2)]
@@ -96,14 +104,14 @@ def test_patch_fitted_to_device_memory(tmp_path):
 def test_plans_of_several_datasets_normalise_each_its_own_way(tmp_path):
     """Two datasets: an MR one (per-image z-score) and a CT one whose clip and mean come from its own cases only;
     a case of either sees its dataset's normalisation and classes, and a case without one is refused."""
-    from carve.plan import plan_dataset, plans_for_dataset
+    from carve.planning.plan import plan_dataset, plans_for_dataset
 
     rng = np.random.default_rng(2)
     mr = [_case(tmp_path, f"m{i}", (1.0, 1.0, 1.0), rng) for i in range(2)]
     ct = [_case(tmp_path, f"c{i}", (1.0, 1.0, 1.0), rng, channels=2) for i in range(2)]
     ct = [(img, lab) for img, lab in ct]
     # one channel per case: write the CT-like cases' second channel (bright foreground) as their only one
-    from carve.io import read_channels
+    from carve.imaging.io import read_channels
 
     for img, _ in ct:
         data, geometry = read_channels(img)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from carve.io import read_image, write_image
-from carve.postprocess import (
+from carve.imaging.io import read_image, write_image
+from carve.prediction.postprocess import (
     PostprocessOptions,
     apply_postprocessing,
     candidate_chains,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from carve.io import Geometry, write_image
-from carve.preprocess import load_case, normalise, preprocess_case, preprocess_image
+from carve.imaging.io import Geometry, write_image
+from carve.planning.preprocess import load_case, normalise, preprocess_case, preprocess_image
 
 
 def test_zscore_and_ct_normalisation():

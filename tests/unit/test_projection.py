@@ -8,8 +8,14 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from carve.inference import sliding_window_probabilities
-from carve.projection import RadialWarp, _source_coordinates, projection_gammas, radial_projections, warp_volume
+from carve.prediction.inference import sliding_window_probabilities
+from carve.prediction.projection import (
+    RadialWarp,
+    _source_coordinates,
+    projection_gammas,
+    radial_projections,
+    warp_volume,
+)
 
 torch.set_num_threads(1)
 SHAPE = (14, 24, 20)  # anisotropic, even and odd

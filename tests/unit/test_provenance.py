@@ -1,4 +1,4 @@
-"""Manifest hashing and drift detection on a small fake run (carve.provenance)."""
+"""Manifest hashing and drift detection on a small fake run (carve.pipeline.provenance)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from carve.provenance import (
+from carve.pipeline.provenance import (
     MANIFEST_FORMAT,
     Drift,
     code_tree_sha256,

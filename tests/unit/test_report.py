@@ -1,4 +1,5 @@
-"""Report tables and plots (carve.report) and the per-case preview (carve.preview), on tiny synthetic data."""
+"""Report tables and plots (carve.evaluation.report) and the per-case preview (carve.evaluation.preview), on tiny
+synthetic data."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgb
 from scipy import stats
 
-from carve import preview, report
-from carve.io import Geometry, write_image
-from carve.mesh import export_label_meshes
+from carve.evaluation import preview, report
+from carve.export.mesh import export_label_meshes
+from carve.imaging.io import Geometry, write_image
 
 SPACING = (2.5, 0.8, 1.1)
 

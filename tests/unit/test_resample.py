@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from carve.io import Geometry
-from carve.resample import (
+from carve.imaging.io import Geometry
+from carve.imaging.resample import (
     resample_image,
     resample_labels,
     resample_to_reference,

@@ -1,4 +1,5 @@
-"""carve.run_config: the run resolved from a config and its sheet, and every config or sheet problem, without the
+"""carve.pipeline.run_config: the run resolved from a config and its sheet, and every config or sheet problem,
+without the
 rule engine (tests/e2e/test_config_errors.py keeps the few checks where Snakemake is the point)."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carve.io import Geometry, write_image
-from carve.run_config import DEFAULT_TIME_BUDGET_MIN, ConfigError, resolve_run, validate_with_defaults
+from carve.imaging.io import Geometry, write_image
+from carve.pipeline.run_config import DEFAULT_TIME_BUDGET_MIN, ConfigError, resolve_run, validate_with_defaults
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_a_run_is_resolved_with_the_schemas_defaults(data: Path) -> None:
 
 
 def test_the_default_budget_is_the_trainers() -> None:
-    from carve.train import TrainConfig
+    from carve.training.train import TrainConfig
 
     assert TrainConfig().time_budget_min == DEFAULT_TIME_BUDGET_MIN
 
@@ -56,7 +57,7 @@ def test_the_default_budget_is_the_trainers() -> None:
 def test_predict_defaults_live_in_the_schema_and_predict_options_alike() -> None:
     from dataclasses import fields
 
-    from carve.predict import PredictOptions
+    from carve.prediction.predict import PredictOptions
 
     config = {"cases": "x", "labels": {"1": "a"}}
     validate_with_defaults(config, Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml")

@@ -1,11 +1,11 @@
-"""carve.sampling: foreground oversampling, padding of small volumes, reproducibility."""
+"""carve.training.sampling: foreground oversampling, padding of small volumes, reproducibility."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from carve.sampling import PatchSampler, crop, index_case
+from carve.training.sampling import PatchSampler, crop, index_case
 
 
 def _case(shape=(16, 24, 24), centre=(3, 4, 4), radius=2.5, channels=1, label_value=1):

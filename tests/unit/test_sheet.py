@@ -1,6 +1,6 @@
 import pytest
 
-from carve.sheet import SheetError, check_folds, load_sheet
+from carve.pipeline.sheet import SheetError, check_folds, load_sheet
 
 
 def write_sheet(tmp_path, rows, header="case\timage\tlabel\trole"):
@@ -97,7 +97,7 @@ def test_series_column_and_channel_columns(tmp_path):
 
 
 def test_series_choice_uid_or_pattern_and_bad_regex(tmp_path):
-    from carve.sheet import series_choice
+    from carve.pipeline.sheet import series_choice
 
     assert series_choice("1.2.840.10008.5") == ("1.2.840.10008.5", None)
     assert series_choice("T1 MPRAGE") == (None, "T1 MPRAGE")
@@ -120,7 +120,7 @@ def test_duplicate_channel_names_refused(tmp_path):
 
 
 def test_cases_from_a_folder_of_scans(tmp_path):
-    from carve.sheet import cases_from_folder
+    from carve.pipeline.sheet import cases_from_folder
 
     (tmp_path / "scan_a.nii.gz").write_bytes(b"x")
     (tmp_path / "scan_b.nrrd").write_bytes(b"x")

@@ -1,6 +1,6 @@
 import pytest
 
-from carve.split import fold_of, kfold_splits, load_splits, write_splits
+from carve.planning.split import fold_of, kfold_splits, load_splits, write_splits
 
 
 def test_every_case_held_out_once_and_folds_balanced():

@@ -1,4 +1,4 @@
-"""carve.synth: the synthetic demo is deterministic, anatomy-like in mm, oblique, and not a threshold task."""
+"""carve.pipeline.synth: the synthetic demo is deterministic, anatomy-like in mm, oblique, and not a threshold task."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 from skimage.filters import threshold_multiotsu, threshold_otsu
 
-import carve.io
-import carve.synth
-from carve.dicom import read_dicom_series
-from carve.io import read_image
-from carve.sheet import load_sheet
-from carve.synth import generate_demo, synthesize_case
+import carve.imaging.io
+import carve.pipeline.synth
+from carve.imaging.dicom import read_dicom_series
+from carve.imaging.io import read_image
+from carve.pipeline.sheet import load_sheet
+from carve.pipeline.synth import generate_demo, synthesize_case
 
 AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 SMALL = {"shape": (12, 32, 32), "spacing_mm": (6.0, 2.0, 2.0)}  # the same 72 x 64 x 64 mm field, coarser
@@ -114,9 +114,9 @@ def test_interrupted_demo_leaves_no_sheet(tmp_path, monkeypatch):
         calls.append(args[0])
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        return carve.io.write_image(*args, **kwargs)
+        return carve.imaging.io.write_image(*args, **kwargs)
 
-    monkeypatch.setattr(carve.synth, "write_image", failing_write_image)
+    monkeypatch.setattr(carve.pipeline.synth, "write_image", failing_write_image)
     with pytest.raises(KeyboardInterrupt):
         generate_demo(out, n_train=1, n_test=1, seed=2, **SMALL)
     assert not (out / "cases.tsv").exists()

@@ -1,4 +1,4 @@
-"""carve.train: learns a toy task, writes its files, resumes exactly, reproducible, transfer learning."""
+"""carve.training.train: learns a toy task, writes its files, resumes exactly, reproducible, transfer learning."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import carve.train as train_mod
-from carve.augment import AugmentConfig
-from carve.network import NetworkConfig, load_model
-from carve.train import TrainConfig, dice_ce_loss, lr_factor, predict_volume, train_fold
+import carve.training.train as train_mod
+from carve.training.augment import AugmentConfig
+from carve.training.network import NetworkConfig, load_model
+from carve.training.train import TrainConfig, dice_ce_loss, lr_factor, predict_volume, train_fold
 
 torch.set_num_threads(1)
 
@@ -168,7 +168,7 @@ def test_invalid_configuration_and_cases_are_refused(tmp_path) -> None:
 
 def test_predict_volume_tiles_large_volumes() -> None:
     torch.manual_seed(0)
-    from carve.network import UNet3D
+    from carve.training.network import UNet3D
 
     model = UNet3D(NET)
     image = np.random.default_rng(0).normal(size=(1, 13, 30, 27)).astype(np.float32)
@@ -179,7 +179,7 @@ def test_predict_volume_tiles_large_volumes() -> None:
 
 
 def test_determinism_switch_sets_torch_flags() -> None:
-    from carve.train import configure_determinism
+    from carve.training.train import configure_determinism
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
     try:

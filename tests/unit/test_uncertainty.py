@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carve.inference import EnsembleResult
-from carve.resample import resize_image
-from carve.uncertainty import (
+from carve.imaging.resample import resize_image
+from carve.prediction.inference import EnsembleResult
+from carve.prediction.uncertainty import (
     case_uncertainty_scores,
     maps_on_grid,
     mutual_information,

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.calibration import summarise_assessment_files
+from carve.pipeline.workflow import run_step
+from carve.evaluation.calibration import summarise_assessment_files
 
 run_step(
     snakemake.log[0],

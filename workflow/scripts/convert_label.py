@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.convert import DicomOptions, LabelOptions, convert_label
+from carve.pipeline.workflow import run_step
+from carve.imaging.convert import DicomOptions, LabelOptions, convert_label
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.postprocess import PostprocessOptions, decide_postprocessing
+from carve.pipeline.workflow import run_step
+from carve.prediction.postprocess import PostprocessOptions, decide_postprocessing
 
 options = dict(snakemake.params.postprocess)
 run_step(

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.evaluate import evaluate_case_to_file
+from carve.pipeline.workflow import run_step
+from carve.evaluation.evaluate import evaluate_case_to_file
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.compare import evaluate_individual_models
+from carve.pipeline.workflow import run_step
+from carve.evaluation.compare import evaluate_individual_models
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.bundle import write_bundle
+from carve.pipeline.workflow import run_step
+from carve.prediction.bundle import write_bundle
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.dicom_export import export_prediction
+from carve.pipeline.workflow import run_step
+from carve.export.dicom_export import export_prediction
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.mesh import export_segmentation_meshes
-from carve.workflow import run_step
+from carve.export.mesh import export_segmentation_meshes
+from carve.pipeline.workflow import run_step
 
 run_step(
     snakemake.log[0],

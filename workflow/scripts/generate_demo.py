@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.demo import make_demo
+from carve.pipeline.workflow import run_step
+from carve.pipeline.demo import make_demo
 
 demo = dict(snakemake.params.demo)
 run_step(

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.plan import PlanOptions, plan_dataset
+from carve.pipeline.workflow import run_step
+from carve.planning.plan import PlanOptions, plan_dataset
 
 options = PlanOptions(
     modality=snakemake.params.modality,

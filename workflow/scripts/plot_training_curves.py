@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.report import write_training_curves
+from carve.pipeline.workflow import run_step
+from carve.evaluation.report import write_training_curves
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.report import write_uncertainty_plot
+from carve.pipeline.workflow import run_step
+from carve.evaluation.report import write_uncertainty_plot
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.postprocess import postprocess_file
+from carve.pipeline.workflow import run_step
+from carve.prediction.postprocess import postprocess_file
 
 run_step(
     snakemake.log[0],

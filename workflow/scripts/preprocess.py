@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.plan import load_plans, plans_for_dataset
-from carve.preprocess import preprocess_case
+from carve.pipeline.workflow import run_step
+from carve.planning.plan import load_plans, plans_for_dataset
+from carve.planning.preprocess import preprocess_case
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.preview import write_preview
+from carve.pipeline.workflow import run_step
+from carve.evaluation.preview import write_preview
 
 run_step(
     snakemake.log[0],

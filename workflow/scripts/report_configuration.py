@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.report import write_configuration
+from carve.pipeline.workflow import run_step
+from carve.evaluation.report import write_configuration
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.split import write_splits
+from carve.pipeline.workflow import run_step
+from carve.planning.split import write_splits
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.fold import train_one_fold
+from carve.pipeline.workflow import run_step
+from carve.training.fold import train_one_fold
 
 run_step(
     snakemake.log[0],

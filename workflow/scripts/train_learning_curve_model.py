@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.learning_curve import train_subset_model
+from carve.pipeline.workflow import run_step
+from carve.evaluation.learning_curve import train_subset_model
 
 run_step(
     snakemake.log[0],

@@ -5,8 +5,8 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from pathlib import Path
 
-from carve.workflow import run_step
-from carve.provenance import write_manifest
+from carve.pipeline.workflow import run_step
+from carve.pipeline.provenance import write_manifest
 
 code_root = Path(snakemake.scriptdir).resolve().parents[1]
 run_step(

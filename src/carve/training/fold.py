@@ -1,0 +1,223 @@
+"""Per-fold steps: build the resolved training configuration from the plans, train a fold, and predict
+with the right models (the whole ensemble for test cases, the held-out fold for training cases)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from carve.errors import InputError
+from carve.imaging.io import atomic_write_text
+from carve.planning.plan import load_plans, plans_for_dataset
+from carve.planning.preprocess import load_case
+from carve.planning.split import fold_of, load_splits
+from carve.prediction.predict import PredictOptions, predict_case, select_device
+
+log = logging.getLogger("carve.training.fold")
+MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
+
+
+def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
+    """The resolved :class:`carve.training.train.TrainConfig` of a fold: plans first, then the config's ``train``
+    keys."""
+    from carve.training.augment import AugmentConfig
+    from carve.training.network import NetworkConfig
+    from carve.training.train import TrainConfig
+
+    net = plans["network"]
+    network = NetworkConfig(
+        in_channels=len(plans["channels"]),
+        n_classes=int(plans["n_classes"]),
+        base_channels=int(net["base_channels"]),
+        max_channels=int(net["max_channels"]),
+        strides=tuple(tuple(int(v) for v in s) for s in net["strides"]),
+        kernel_sizes=tuple(tuple(int(v) for v in k) for k in net["kernel_sizes"]),
+    )
+    opts = {k: v for k, v in options.items() if v is not None or k in ("epochs", "time_budget_min")}
+    augment_keys = dict(opts.pop("augment", {}))
+    planned = [k for k in ("mirror_axes", "p_mirror") if k in augment_keys]
+    if planned:
+        raise InputError(
+            f"train.augment.{planned[0]}: mirroring is planned (plan.mirror_axes, canonical axes) so that prediction "
+            "flips exactly the axes training flipped; set it there"
+        )
+    mirror_axes = tuple(int(a) for a in plans.get("mirror_axes", ()))
+    augment_keys.update(mirror_axes=mirror_axes, p_mirror=MIRROR_PROBABILITY if mirror_axes else 0.0)
+    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment_keys.items()})
+    return TrainConfig(
+        **opts,
+        batch_size=int(plans["batch_size"]),
+        patch_size=tuple(int(p) for p in plans["patch_size"]),
+        spacing_mm=tuple(float(s) for s in plans["target_spacing_mm"]),
+        seed=int(seed),
+        augment=augment,
+        network=network,
+    )
+
+
+def load_preprocessed(
+    case_paths: Sequence[Path], groups: Sequence[Sequence[str]], where: str
+) -> list[list[tuple[Any, Any]]]:
+    """(image, label) of each named case, per group, from the preprocessed files ``case_paths``; every name is
+    checked before anything is loaded, and ``where`` (what named them) leads the error."""
+    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
+    missing = [c for names in groups for c in names if c not in by_case]
+    if missing:
+        raise InputError(f"{where} names cases without preprocessed data: {missing}")
+    return [[load_case(by_case[c])[:2] for c in names] for names in groups]
+
+
+def train_one_fold(
+    fold: int,
+    plans_path: Path,
+    splits_path: Path,
+    case_paths: Sequence[Path],
+    train_options: Mapping[str, Any],
+    seed: int,
+    out_dir: Path,
+    device: str = "auto",
+    threads: int = 1,
+    case_datasets: Mapping[str, str] | None = None,
+    dataset: str | None = None,
+) -> Path:
+    """Train fold ``fold`` on its training cases, validating on its held-out cases.
+
+    Plans of several datasets need ``case_datasets`` (case -> dataset); with ``dataset`` the fold trains on
+    that dataset's cases only (an individual model, to compare with the shared one)."""
+    from carve.training.train import train_fold
+
+    plans = load_plans(plans_path)
+    splits = load_splits(splits_path)
+    if not 0 <= fold < len(splits):
+        raise InputError(f"{splits_path}: there is no fold {fold} (folds 0..{len(splits) - 1})")
+    names = {"train": list(splits[fold]["train"]), "val": list(splits[fold]["val"])}
+    if dataset is not None:
+        names = {k: [c for c in v if (case_datasets or {}).get(c) == dataset] for k, v in names.items()}
+        if not names["train"]:
+            raise InputError(f"{splits_path}: fold {fold} has no training case of dataset '{dataset}'")
+    train_cases, val_cases = load_preprocessed(
+        case_paths, (names["train"], names["val"]), f"{splits_path}: fold {fold}"
+    )
+    domains = _domains(plans, case_datasets, names, train_cases, splits_path)
+    config = train_config_from(plans, train_options, seed + fold)
+    device = select_device(device)
+    log.info(
+        "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s)",
+        fold,
+        len(names["train"]),
+        len(names["val"]),
+        config.patch_size,
+        config.batch_size,
+        device,
+        threads,
+    )
+    out_dir = Path(out_dir)
+    model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads, domains=domains)
+    resolved = {
+        "fold": fold,
+        "dataset": dataset,
+        "train_cases": names["train"],
+        "val_cases": names["val"],
+        "train": config.to_dict(),
+        "plans": {
+            k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
+        },
+    }
+    atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
+    return model
+
+
+def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Mapping, train_cases, where: Path):
+    """The :class:`carve.training.multidomain.DomainSetup` of plans that cover several datasets (else None)."""
+    if not plans.get("datasets"):
+        return None
+    from carve.training.multidomain import domain_setup
+
+    case_datasets = case_datasets or {}
+    unnamed = [c for c in [*names["train"], *names["val"]] if c not in case_datasets]
+    if unnamed:
+        raise InputError(f"{where}: the plans cover several datasets, but cases {unnamed} have no dataset")
+    return domain_setup(
+        list(plans["datasets"]),
+        {n: d["classes"] for n, d in plans["datasets"].items()},
+        train_cases,
+        [case_datasets[c] for c in names["train"]],
+        [case_datasets[c] for c in names["val"]],
+        int(plans["n_classes"]),
+    )
+
+
+def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
+    """The config's ``predict`` keys that :class:`PredictOptions` takes (its defaults for the others; the review
+    keys only rank cases)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(PredictOptions)}
+    given = {k: v for k, v in options.items() if k in known}
+    if given.get("mirror_axes") is not None:
+        given["mirror_axes"] = tuple(int(a) for a in given["mirror_axes"])
+    return PredictOptions(**given)
+
+
+def predict_with_models(
+    case: str,
+    image_path: Path,
+    plans_path: Path,
+    model_paths: Sequence[Path],
+    outputs: Sequence[Path],
+    predict_options: Mapping[str, Any],
+    device: str = "auto",
+    threads: int = 1,
+    postprocessing_path: Path | None = None,
+    dataset: str | None = None,
+) -> dict[str, float]:
+    """Fold-ensemble prediction of a case; ``outputs`` are (labels, entropy map, scores TSV[, maps folder]),
+    see :class:`carve.prediction.predict.PredictOutputs`. With ``postprocessing_path`` (a ``postprocessing.json``) the
+    written labels are postprocessed. ``dataset``: the case's dataset when the plans cover several."""
+    from carve.prediction.postprocess import load_postprocessing
+
+    if len(outputs) not in (3, 4):
+        raise ValueError(f"outputs are (labels, entropy, scores[, maps folder]), got {len(outputs)} path(s)")
+    labels, entropy, scores, *maps = (Path(p) for p in outputs)
+    plans = plans_for_dataset(load_plans(plans_path), dataset)
+    postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path is not None else None
+    options = _predict_options(predict_options)
+    return predict_case(
+        case,
+        image_path,
+        model_paths,
+        plans,
+        labels,
+        entropy,
+        scores,
+        options,
+        device,
+        threads,
+        postprocessing,
+        out_maps=maps[0] if maps else None,
+    )
+
+
+def predict_held_out(
+    case: str,
+    image_path: Path,
+    plans_path: Path,
+    splits_path: Path,
+    model_paths: Sequence[Path],
+    outputs: Sequence[Path],
+    predict_options: Mapping[str, Any],
+    device: str = "auto",
+    threads: int = 1,
+    dataset: str | None = None,
+) -> dict[str, float]:
+    """Cross-validation prediction of a training case by the one fold that did not see it (raw labels)."""
+    fold = fold_of(case, load_splits(splits_path))
+    model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
+    if len(model) != 1:
+        raise InputError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
+    return predict_with_models(
+        case, image_path, plans_path, model, outputs, predict_options, device, threads, dataset=dataset
+    )
