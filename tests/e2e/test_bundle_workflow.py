@@ -64,3 +64,26 @@ def test_damaged_bundle_and_training_rows_are_refused(tiny_run, tmp_path):
     config.write_text(yaml.safe_dump({"cases": "cases.tsv", "bundle": str(bundle), "results": "out"}))
     out = run_snakemake(tmp_path, "--dry-run", configs=(config,))
     assert out.returncode != 0 and "with a bundle every case is predicted; role 'train' on a" in out.stdout + out.stderr
+
+
+def test_carve_predict_segments_a_dicom_series_with_the_bundle(tiny_run, tmp_path):
+    """`carve predict` for real (not a dry run): one DICOM series in, labels equal to the trained run's prediction of
+    the same scan, uncertainty, meshes and a DICOM-SEG out; then `carve verify` on what it wrote."""
+    import subprocess
+    import sys
+
+    results = tiny_run / "results" / "e2e"
+    series = results / "data" / "dicom" / "demo_004"
+    out = tmp_path / "out"
+    predict = [sys.executable, "-m", "carve.pipeline.cli", "predict", "-b", str(results / "bundle"), "-i", str(series)]
+    done = subprocess.run([*predict, "-o", str(out), "--cores", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    labels, geometry = read_image(out / "predictions" / "demo_004.nii.gz")
+    trained, trained_geometry = read_image(results / "predictions" / "demo_004.nii.gz")
+    np.testing.assert_array_equal(labels, trained)
+    assert geometry.is_close(trained_geometry, 1e-4, labels.shape)
+    assert (out / "uncertainty" / "demo_004.nii.gz").is_file() and any((out / "meshes" / "demo_004").glob("*.stl"))
+    assert (out / "dicom" / "demo_004" / "segmentation.seg.dcm").is_file()
+    verify = subprocess.run([sys.executable, "-m", "carve.pipeline.cli", "verify", str(out / "manifest.json")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
