@@ -369,7 +369,7 @@ for name, write in writes.items():
         write()
         errors[name] = None
     except Exception as err:
-        errors[name] = [type(err).__name__, str(err)]
+        errors[name] = [type(err).__name__, str(err), isinstance(err, OSError)]
 print(json.dumps(errors))
 """
 
@@ -384,8 +384,8 @@ def test_full_disk_gives_a_clear_error_and_leaves_no_file(tmp_path):
     errors = json.loads(done.stdout)
     for name in ("image.nii.gz", "image.nii", "image.nrrd", "plans.json"):
         assert errors[name] is not None, f"{name}: the write did not fail"
-        kind, message = errors[name]
-        assert kind == "OSError" and "\n" not in message
+        kind, message, is_os_error = errors[name]
+        assert kind == "WriteError" and is_os_error and "\n" not in message  # carve.errors.WriteError: an OSError
         assert f"cannot write {out / name}: " in message
     assert "the written file came out incomplete (disk full?)" in errors["image.nii.gz"][1]
     assert "ITK could not write it" in errors["image.nrrd"][1]

@@ -93,7 +93,7 @@ def call(cmd: Sequence[str]) -> int:
     """Run a command in the foreground and return its exit code. Ctrl-C reaches Snakemake too (same process
     group): carve waits for it to stop its jobs and mark their outputs incomplete."""
     print(f"carve: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    process = subprocess.Popen(cmd)
+    process = subprocess.Popen([*cmd])  # an argument list, never a shell string
     while True:
         try:
             return process.wait()
