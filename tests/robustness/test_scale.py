@@ -128,7 +128,7 @@ def test_no_code_builds_a_shell_command():
     files = sorted((REPO / "src" / "carve").rglob("*.py")) + sorted((REPO / "workflow" / "scripts").glob("*.py"))
     assert len(files) > 40
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)

@@ -56,7 +56,7 @@ def test_every_rule_names_its_env_and_script():
 
 def imports_of(script: Path) -> str:
     """The import statements of a script (where they sit: the adapters import at the top)."""
-    tree = ast.parse(script.read_text())
+    tree = ast.parse(script.read_text(encoding="utf-8"))
     nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
     return "\n".join(ast.unparse(n) for n in nodes)
 
