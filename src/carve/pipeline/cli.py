@@ -241,22 +241,12 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from carve.pipeline.provenance import load_manifest, verify_manifest
+    from carve.pipeline.provenance import print_verification
 
-    manifest_path = Path(args.manifest)
     try:
-        manifest = load_manifest(manifest_path)
-        rows = verify_manifest(manifest, args.results if args.results is not None else manifest_path.parent)
+        return print_verification(Path(args.manifest), args.results)
     except ValueError as err:
         raise CarveError(_one_line(err)) from None
-    for row in rows:
-        print(row)
-    n_in, n_out = len(manifest["inputs"]), len(manifest["outputs"])
-    if rows:
-        print(f"{manifest_path}: {len(rows)} file(s) drifted ({n_in} inputs, {n_out} outputs recorded)")
-        return 1
-    print(f"{manifest_path}: ok, {n_in} inputs and {n_out} outputs as recorded")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------- init

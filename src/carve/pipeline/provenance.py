@@ -283,6 +283,21 @@ def verify_manifest(
     return _compare("input", inputs, present_inputs) + _compare("output", manifest["outputs"], present_outputs)
 
 
+def print_verification(manifest_path: Path, results_dir: Path | None = None) -> int:
+    """Verify a manifest against the files below ``results_dir`` (default: the manifest's folder), print one line
+    per drifted file and a summary; 0 when nothing drifted, 1 otherwise. An unreadable manifest raises."""
+    manifest = load_manifest(manifest_path)
+    rows = verify_manifest(manifest, results_dir if results_dir is not None else Path(manifest_path).parent)
+    for row in rows:
+        print(row)
+    n_in, n_out = len(manifest["inputs"]), len(manifest["outputs"])
+    if rows:
+        print(f"{manifest_path}: {len(rows)} file(s) drifted ({n_in} inputs, {n_out} outputs recorded)")
+        return 1
+    print(f"{manifest_path}: ok, {n_in} inputs and {n_out} outputs as recorded")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carve.pipeline.provenance", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,19 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("manifest", type=Path, help="a run's manifest.json (its folder is the results folder)")
     args = parser.parse_args(argv)
     try:
-        manifest = load_manifest(args.manifest)
-        rows = verify_manifest(manifest, args.manifest.parent)
+        return print_verification(args.manifest)
     except ValueError as err:
         print(f"carve error: {err}", file=sys.stderr)
         return 2
-    for row in rows:
-        print(row)
-    n_in, n_out = len(manifest["inputs"]), len(manifest["outputs"])
-    if rows:
-        print(f"{args.manifest}: {len(rows)} file(s) drifted ({n_in} inputs, {n_out} outputs recorded)")
-        return 1
-    print(f"{args.manifest}: ok, {n_in} inputs and {n_out} outputs as recorded")
-    return 0
 
 
 if __name__ == "__main__":
