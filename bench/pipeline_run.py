@@ -82,27 +82,20 @@ def write_sheet(data: Path, work: Path) -> Path:
     return sheet
 
 
-def iteration_budget(iterations: int) -> tuple[int, int]:
-    """(epochs, iterations_per_epoch) with epochs * iterations_per_epoch == ``iterations``: the default epoch length
-    (50) when it divides the count, else its largest divisor up to 50."""
-    if iterations < 1:
-        raise SystemExit(f"--iterations must be positive, got {iterations}")
-    per_epoch = next(n for n in range(min(TrainConfig.iterations_per_epoch, iterations), 0, -1) if iterations % n == 0)
-    return iterations // per_epoch, per_epoch
-
-
 def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
 def budget_keys(budget_min: float | None, iterations: int | None) -> dict[str, Any]:
-    """The ``train`` keys of a budget: minutes of wall clock, or a number of iterations (contention-proof: the
-    schedule then runs over iterations, and the time budget is switched off); none: the user's default."""
+    """The ``train`` keys of a budget: minutes (turned into iterations when the run is planned, by timing the
+    training step on this machine), or a number of iterations (the same count on any machine: contention-proof);
+    none: the user's default."""
     if budget_min is not None and iterations is not None:
         raise SystemExit("give --budget-min or --iterations, not both")
     if iterations is not None:
-        epochs, per_epoch = iteration_budget(iterations)
-        return {"train.epochs": epochs, "train.iterations_per_epoch": per_epoch, "train.time_budget_min": None}
+        if iterations < 1:
+            raise SystemExit(f"--iterations must be positive, got {iterations}")
+        return {"train.iterations": iterations}
     if budget_min is not None:
         return {"train.time_budget_min": budget_min}
     return {}
@@ -155,13 +148,16 @@ def user_config(work: Path, sheet: Path, changes: dict[str, Any]) -> tuple[Path,
 def budget_text(run: dict[str, Any]) -> str:
     """A run's training budget per fold, in words, from its config (the user's default when it sets none)."""
     train = run["config"].get("train", {})
+    if train.get("iterations"):
+        return f"{train['iterations']} iterations"
     if train.get("epochs"):
         per_epoch = train.get("iterations_per_epoch", TrainConfig.iterations_per_epoch)
         epochs = f"{train['epochs']} epoch" + ("s" if train["epochs"] != 1 else "")
         text = f"{train['epochs'] * per_epoch} iterations ({epochs} x {per_epoch})"
-        return text + (f", at most {train['time_budget_min']:g} min" if train.get("time_budget_min") else "")
+        return text
     minutes = train.get("time_budget_min", TrainConfig.time_budget_min)
-    return f"{minutes:g} minutes of wall clock" + ("" if "time_budget_min" in train else " (the user's default)")
+    text = f"{minutes:g} minutes, turned into iterations when the run is planned (plans.json: training)"
+    return text + ("" if "time_budget_min" in train else " (the user's default)")
 
 
 # ---- running ------------------------------------------------------------------------------------------------
@@ -258,7 +254,7 @@ def fold_iterations(results: Path, fold: int) -> dict[str, Any]:
     return {
         "iterations": int(curves["iterations"].iloc[-1]),
         "epochs": int(curves["epoch"].iloc[-1]),
-        "budget": {k: train[k] for k in ("epochs", "iterations_per_epoch", "time_budget_min")},
+        "budget": {k: train[k] for k in ("iterations", "epochs", "iterations_per_epoch", "time_budget_min")},
         "seed": train["seed"],
     }
 
@@ -462,7 +458,7 @@ def network_line(scores: dict[str, Any]) -> str:
     from carve.training.network import forward_flops
 
     plans = scores["plans"]
-    config = train_config_from(plans, {"time_budget_min": 1.0}, 0)
+    config = train_config_from(plans, {}, 0, iterations=1)
     gflop = 3 * config.batch_size * forward_flops(config.network, config.patch_size) / 1e9
     return (
         f"network {'-'.join(map(str, config.network.channels))}, patch {'x'.join(map(str, config.patch_size))}, "

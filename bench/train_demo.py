@@ -43,7 +43,7 @@ def main() -> int:
         work = args.work / f"e{epochs}"
         work.mkdir(parents=True, exist_ok=True)
         config = {**base, "cases": str(work / "data" / "cases.tsv"), "results": str(work), "folds": args.folds}
-        config["train"] = {**base.get("train", {}), "epochs": epochs, "time_budget_min": None}
+        config["train"] = {**base.get("train", {}), "iterations": None, "epochs": epochs, "time_budget_min": None}
         (work / "config.yaml").write_text(yaml.safe_dump(config))
         models = [str(work / "models" / f"fold_{k}" / "model.pt") for k in range(args.folds)]
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),

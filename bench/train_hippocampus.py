@@ -9,9 +9,10 @@ into ``--work`` (outside the repository) that sets only ``cases``, ``results``, 
 this run changes (``--folds``, ``--seed``, ``--threads``, the budget, ``--set KEY=VALUE``), runs the Snakefile's
 default target there with ``snakemake --cores``, and scores the written cross-validation predictions
 (``cv/``: postprocessed, what ships; ``cv_raw/``: before postprocessing) against the labels itself
-(bench/pipeline_run.py). The budget: ``--budget-min M`` (``train.time_budget_min``: wall clock, so it depends on
-what else runs) or ``--iterations N`` (``train.epochs`` x ``train.iterations_per_epoch`` = N, no time budget: the
-contention-proof one); neither: the user's default. Markdown to ``--out`` and stdout, the numbers (JSON) beside it.
+(bench/pipeline_run.py). The budget: ``--budget-min M`` (``train.time_budget_min``: turned into iterations when the
+run is planned, by timing the training step, so the count depends on the machine and on what else runs while it
+is timed) or ``--iterations N`` (``train.iterations``: the same count anywhere, the contention-proof one); neither:
+the user's default. Markdown to ``--out`` and stdout, the numbers (JSON) beside it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def render(run: dict, scores: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_run_arguments(parser, None, WORK, OUT, "training iterations per fold (train.epochs; no time budget)")
+    pr.add_run_arguments(parser, None, WORK, OUT, "training iterations per fold (train.iterations; no time budget)")
     args = parser.parse_args(argv)
     command = pr.command_line("train_hippocampus.py", argv)
     run, scores = pr.run_and_score(args, args.work.resolve(), pr.shared_data())

@@ -109,6 +109,7 @@ postprocessing_file = RUN.postprocessing_file
 manifest_sources = RUN.manifest_sources
 predict_options = RUN.predict_options
 train_params = RUN.train_params
+budget_params = RUN.budget_params
 train_runtime_min = RUN.train_runtime_min
 evaluated_cases = RUN.evaluated_cases
 learning_curve_sizes = RUN.learning_curve_sizes

@@ -14,14 +14,17 @@ rule plan:
         channels=channel_modalities(),
         datasets=plan_datasets(),
         plan=config["plan"],
+        train=budget_params(),
         device=config["device"],
         seed=config["seed"],
-    threads: 1
+    # as many as one training job: a time budget becomes iterations by timing the training step with them
+    threads: config["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=16000,
         runtime=30,
     # torch, not imaging: `device: auto` and a GPU's memory are resolved with torch, as training will see them
-    # (carve.planning.plan.fit_to_memory); envs/torch.yaml has every package planning needs.
+    # (carve.planning.plan.fit_to_memory), and a time budget is timed on the training step
+    # (carve.training.budget); envs/torch.yaml has every package planning needs.
     conda:
         "../envs/torch.yaml"
     script:

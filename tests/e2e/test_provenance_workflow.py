@@ -89,11 +89,18 @@ def test_mesh_key_reruns_only_the_meshes_and_their_readers(workdir):
 
 
 def test_training_key_reruns_training_and_what_follows(workdir):
-    train = variant(workdir, "train", "train: {epochs: 3}\n")
+    train = variant(workdir, "train", "train: {learning_rate: 0.003}\n")
     jobs = planned_jobs(snakemake(workdir, "--dry-run", "--cores", "2", configs=(CONFIG, train)))
     assert set(jobs) >= AFTER_TRAINING, f"missing: {AFTER_TRAINING - set(jobs)}"
     assert not set(jobs) & BEFORE_TRAINING, f"would rerun: {set(jobs) & BEFORE_TRAINING}"
     assert jobs["train_fold"] == 2 and jobs["predict_cv"] == 4 and jobs["export_mesh"] == 6
+
+
+def test_a_budget_key_re_plans_the_count_and_reruns_what_reads_the_plans(workdir):
+    budget = variant(workdir, "budget", "train: {epochs: 3}\n")  # plans.json records the count
+    jobs = planned_jobs(snakemake(workdir, "--dry-run", "--cores", "2", configs=(CONFIG, budget)))
+    assert set(jobs) >= AFTER_TRAINING | {"plan", "preprocess"}
+    assert not set(jobs) & {"generate_demo", "convert_image", "convert_label", "split"}
 
 
 def test_unchanged_config_has_nothing_to_do(workdir):

@@ -55,7 +55,7 @@ def test_two_channel_case_trains_and_predicts(tmp_path: Path) -> None:
         image, label, _ = load_case(tmp_path / f"p{i}.npz")
         assert image.shape[0] == 2
         cases.append((image, label))
-    config = train_config_from(plans, {"epochs": 6, "time_budget_min": None, "iterations_per_epoch": 10}, seed=0)
+    config = train_config_from(plans, {"iterations_per_epoch": 10}, seed=0, iterations=60)
     assert config.network.in_channels == 2
     light = AugmentConfig(p_rotation=0.2, p_scaling=0.2, p_gamma=0.0, p_noise=0.0, p_blur=0.0)
     config = replace(config, augment=light, learning_rate=1e-2, network=replace(config.network, base_channels=4))

@@ -115,6 +115,7 @@ PLANS = {
 
 def test_training_flips_come_from_the_plans_alone() -> None:
     options = {"epochs": 1, "time_budget_min": None}
+    PLANS["training"] = {"iterations": 50}
     assert train_config_from({**PLANS, "mirror_axes": []}, options, 0).augment.p_mirror == 0.0
     mirrored = train_config_from({**PLANS, "mirror_axes": [0]}, options, 0).augment
     assert mirrored.mirror_axes == (0,) and mirrored.p_mirror == 0.5

@@ -172,3 +172,40 @@ def test_missing_input_is_a_clear_error(tmp_path):
     results.mkdir()
     with pytest.raises(FileNotFoundError, match="nowhere.nii.gz"):
         write_manifest(results, CONFIG, [tmp_path / "nowhere.nii.gz"], results / "manifest.json")
+
+
+def test_two_manifests_differ_settings_first(run, tmp_path, capsys):
+    from carve.pipeline.provenance import load_manifest, manifest_differences, print_comparison
+
+    results, out, label, code = run
+    first = load_manifest(out)
+    second = json.loads(json.dumps(first))
+    second["config"] = {**second["config"], "seed": 7}
+    second["hardware"] = {**second["hardware"], "cpu": "Another CPU", "bf16_units": "amx"}
+    second["outputs"]["plans.json"] = "0" * 64
+    rows = manifest_differences(first, second)
+    assert [(r.section, r.key) for r in rows] == [
+        ("machine", "bf16_units"), ("machine", "cpu"), ("config", "seed"), ("outputs", "plans.json")
+    ]  # fmt: skip
+    assert manifest_differences(first, first) == []
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(second))
+    assert print_comparison(out, other) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("first difference: machine  bf16_units:") and "outputs 1" in printed
+    assert print_comparison(out, out) == 0
+
+
+def test_the_manifest_records_the_machine_and_how_models_trained(tmp_path):
+    from carve.pipeline.provenance import build_manifest
+
+    results = tmp_path / "results"
+    _write(results / "plans.json", json.dumps({"training": {"iterations": 600, "from": "time_budget_min"}}).encode())
+    fold = {"train": {"iterations": 600}, "runtime": {"device": "cpu", "threads": 2, "precision": "fp32"}}
+    _write(results / "models" / "fold_0" / "config.json", json.dumps(fold).encode())
+    manifest = build_manifest(results, {}, [], code_root=tmp_path, lock_file=tmp_path / "none.lock")
+    assert manifest["training"] == {
+        "plan": {"iterations": 600, "from": "time_budget_min"},
+        "models": {"fold_0": {"iterations": 600, "device": "cpu", "threads": 2, "precision": "fp32"}},
+    }
+    assert manifest["hardware"]["cpu"] and "bf16_units" in manifest["hardware"]

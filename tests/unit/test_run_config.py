@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from carve.imaging.io import Geometry, write_image
-from carve.pipeline.run_config import DEFAULT_TIME_BUDGET_MIN, ConfigError, resolve_run, validate_with_defaults
+from carve.pipeline.run_config import ConfigError, resolve_run, validate_with_defaults
+from carve.training.budget import DEFAULT_TIME_BUDGET_MIN
 
 
 @pytest.fixture
@@ -49,9 +50,18 @@ def test_a_run_is_resolved_with_the_schemas_defaults(data: Path) -> None:
 
 
 def test_the_default_budget_is_the_trainers() -> None:
+    from carve.training.budget import DEFAULT_ITERATIONS_PER_EPOCH
     from carve.training.train import TrainConfig
 
     assert TrainConfig().time_budget_min == DEFAULT_TIME_BUDGET_MIN
+    assert TrainConfig().iterations_per_epoch == DEFAULT_ITERATIONS_PER_EPOCH
+
+
+def test_a_count_of_iterations_gets_the_scheduler_time_of_an_hour_budget(data: Path) -> None:
+    base = {"cases": sheet(data / "s.tsv", train_rows()), "labels": {1: "organ"}, "folds": 3}
+    assert resolve_run({**base, "train": {"epochs": 3}}).train_runtime_min() == 60 + 2 * 60
+    assert resolve_run({**base, "train": {"iterations": 300}}).train_runtime_min() == 60 + 2 * 60
+    assert resolve_run({**base, "train": {"time_budget_min": 10}}).train_runtime_min() == 60 + 2 * 10
 
 
 def test_predict_defaults_live_in_the_schema_and_predict_options_alike() -> None:

@@ -158,8 +158,10 @@ def test_loss_and_schedule_known_answers() -> None:
 
 
 def test_invalid_configuration_and_cases_are_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="epochs, time_budget_min"):
+    with pytest.raises(ValueError, match="iterations, epochs, time_budget_min"):
         _config(epochs=None, time_budget_min=None)
+    with pytest.raises(ValueError, match="iterations must be positive"):
+        _config(iterations=0)
     with pytest.raises(ValueError, match="divisible"):
         _config(patch_size=(8, 16, 18))
     with pytest.raises(ValueError, match="case 0"):

@@ -4,6 +4,7 @@
     carve run --configfile my.yaml --cores 8           # train, cross-validate, evaluate, export (Snakemake)
     carve predict -b results/x/bundle -i scans/ -o out/  # inference only
     carve verify results/x/manifest.json               # re-hash a run against its manifest
+    carve verify a/manifest.json --against b/manifest.json   # why two runs differ
 
 `run` and `predict` start Snakemake (``python -m snakemake``, this interpreter) on the repository's Snakefile;
 options they do not know, and everything after ``--``, go to Snakemake as they are.
@@ -241,9 +242,11 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from carve.pipeline.provenance import print_verification
+    from carve.pipeline.provenance import print_comparison, print_verification
 
     try:
+        if args.against:
+            return print_comparison(Path(args.manifest), Path(args.against))
         return print_verification(Path(args.manifest), args.results)
     except ValueError as err:
         raise CarveError(_one_line(err)) from None
@@ -429,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("manifest", metavar="MANIFEST", help="a run's manifest.json")
     verify.add_argument("--results", metavar="DIR", help="the results folder (default: the manifest's folder)")
+    verify.add_argument(
+        "--against",
+        metavar="OTHER",
+        help="another run's manifest.json: name what differs between the two runs, settings before files (exit 1)",
+    )
 
     init = verb(
         "init",

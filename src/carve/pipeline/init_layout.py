@@ -446,7 +446,9 @@ def config_text(
     else:
         lines += [_line(f"# folds: {DEFAULT_FOLDS}", "k-fold cross-validation (at most the training cases)")]
     lines += [
-        _line("# train: {time_budget_min: 60}", "minutes of training per fold (or epochs: N)"),
+        _line(
+            "# train: {time_budget_min: 60}", "minutes per fold, fixed as iterations when planned (or iterations: N)"
+        ),
         _line("# device: auto", "auto (CUDA when present), cpu or cuda"),
     ]
     return "\n".join(lines) + "\n"

@@ -4,13 +4,19 @@ The manifest holds the sha256 of every input file (a DICOM folder: every file in
 results folder (except ``logs/``, ``benchmarks/``, Snakemake's ``.snakemake_timestamp`` markers and the manifest
 itself; files that are inputs, such as the generated demo data, are listed once, as inputs), the resolved
 configuration, the installed versions of the locked packages, the carve and code versions, Python and the
-platform. It holds no time stamp and no host name, so two runs that produce the same bytes write the same
-manifest.
+platform, the CPU (model, the features that change carve's kernels, bf16 units: :mod:`carve.machine`) and how
+each model trained (iterations, device, threads, precision; the plan's training budget). It holds no time stamp
+and no host name, so two runs that produce the same bytes on one machine write the same manifest.
+
+Two manifests are compared with :func:`manifest_differences` (``carve verify A --against B``): settings first
+(code, software, machine, configuration, training), then inputs, then outputs, so the first difference named is
+the likeliest reason for the rest.
 
 Paths: a file inside the results folder is named relative to it (the manifest's folder), any other input by its
 absolute path, so a results folder can be moved and still verified.
 
     python -m carve.pipeline.provenance verify results/demo/manifest.json    # exit 1 and a list when anything drifted
+    python -m carve.pipeline.provenance verify a/manifest.json --against b/manifest.json   # why two runs differ
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carve import machine
 from carve.errors import InputError
 
 MANIFEST_FORMAT = "carve-manifest/1"
@@ -180,6 +187,28 @@ def _torch_build() -> dict[str, str | None]:
     return {"version": torch.__version__, "cuda": torch.version.cuda, "cudnn": None if cudnn is None else str(cudnn)}
 
 
+def training_record(results_dir: Path) -> dict[str, Any]:
+    """How the run's models trained: the plan's training budget (plans.json ``training``) and, per model folder
+    (``models/<name>/config.json``), its iterations and runtime (device, threads, precision)."""
+    record: dict[str, Any] = {"plan": None, "models": {}}
+    plans = results_dir / "plans.json"
+    if plans.is_file():
+        try:
+            record["plan"] = json.loads(plans.read_text(encoding="utf-8")).get("training")
+        except json.JSONDecodeError:
+            record["plan"] = None
+    for config in sorted(results_dir.glob("models/*/config.json")):
+        try:
+            resolved = json.loads(config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        record["models"][config.parent.name] = {
+            "iterations": resolved.get("train", {}).get("iterations"),
+            **resolved.get("runtime", {}),
+        }
+    return record
+
+
 def build_manifest(
     results_dir: str | os.PathLike,
     config: Mapping[str, Any],
@@ -205,6 +234,8 @@ def build_manifest(
         "platform": platform.platform(),
         "machine": platform.machine(),
         "torch": _torch_build(),
+        "hardware": machine.describe(),
+        "training": training_record(results_dir),
         "packages": locked_packages(lock),
         "lock_sha256": sha256_file(lock) if lock.is_file() else None,
         "config": json.loads(json.dumps(dict(config), default=str)),
@@ -298,13 +329,103 @@ def print_verification(manifest_path: Path, results_dir: Path | None = None) -> 
     return 0
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One entry that differs between two manifests (None: absent from that manifest)."""
+
+    section: str  # code, software, machine, config, training, inputs, outputs
+    key: str
+    first: Any
+    second: Any
+
+    def __str__(self) -> str:
+        return f"{self.section:8s} {self.key}: {_short(self.first)} | {_short(self.second)}"
+
+
+def _short(value: Any) -> str:
+    text = "absent" if value is None else json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested mappings as dotted keys (lists and scalars are leaves)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key in sorted(value, key=str):
+            out.update(_flat(value[key], f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _sections(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A manifest's entries by section, in the order that explains differences: settings before files."""
+    code = manifest.get("code", {})
+    software = {
+        "python": manifest.get("python"),
+        "implementation": manifest.get("implementation"),
+        "platform": manifest.get("platform"),
+        **_flat(manifest.get("torch", {}), "torch"),
+        **{f"packages.{n}": v.get("installed") for n, v in manifest.get("packages", {}).items()},
+    }
+    return {
+        "code": {
+            "carve_version": manifest.get("carve_version"),
+            "git_commit": code.get("git_commit"),
+            "tree_sha256": code.get("tree_sha256"),
+            "lock_sha256": manifest.get("lock_sha256"),
+        },
+        "software": software,
+        "machine": {"architecture": manifest.get("machine"), **_flat(manifest.get("hardware", {}), "")},
+        "config": _flat(manifest.get("config", {}), ""),
+        "training": _flat(manifest.get("training", {}), ""),
+        "inputs": dict(manifest.get("inputs", {})),
+        "outputs": dict(manifest.get("outputs", {})),
+    }
+
+
+def manifest_differences(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[Difference]:
+    """Every entry that differs between two loaded manifests, settings first (code, software, machine,
+    configuration, training), then inputs, then outputs; within a section in key order. Files are compared by
+    name and sha256."""
+    a, b = _sections(first), _sections(second)
+    rows = []
+    for section in a:
+        for key in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(key) != b[section].get(key):
+                rows.append(Difference(section, key, a[section].get(key), b[section].get(key)))
+    return rows
+
+
+def print_comparison(first_path: Path, second_path: Path, limit: int = 40) -> int:
+    """Compare two manifests: the first difference (the likeliest reason for the rest), then up to ``limit``
+    rows and a count per section; 0 when they agree, 1 otherwise."""
+    rows = manifest_differences(load_manifest(first_path), load_manifest(second_path))
+    if not rows:
+        print(f"{first_path} and {second_path}: the same settings, inputs and outputs")
+        return 0
+    print(f"first difference: {rows[0]}")
+    print(f"(values: {first_path} | {second_path})")
+    for row in rows[:limit]:
+        print(row)
+    if len(rows) > limit:
+        print(f"... {len(rows) - limit} more")
+    counts = {}
+    for row in rows:
+        counts[row.section] = counts.get(row.section, 0) + 1
+    print("differences by section: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carve.pipeline.provenance", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", help="compare a manifest with the files as they are now")
     verify.add_argument("manifest", type=Path, help="a run's manifest.json (its folder is the results folder)")
+    verify.add_argument("--against", type=Path, help="another run's manifest.json: say how the two runs differ")
     args = parser.parse_args(argv)
     try:
+        if args.against is not None:
+            return print_comparison(args.manifest, args.against)
         return print_verification(args.manifest)
     except ValueError as err:
         print(f"carve error: {err}", file=sys.stderr)

@@ -21,6 +21,7 @@ from carve.evaluation.learning_curve import LearningCurveOptions, usable_sizes
 from carve.imaging.labels import DatasetSpec, annotated_classes, union_label_names, union_values
 from carve.pipeline.sheet import Case, SheetError, cases_from_folder, check_folds, load_sheet
 from carve.prediction.bundle import Bundle, BundleError, load_bundle
+from carve.training.budget import BUDGET_KEYS, requested_budget
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 ASSESSMENT_FILES = (
@@ -254,11 +255,17 @@ class Run:
     def train_params(self) -> dict[str, Any]:
         return dict(self.config.get("train", {}))
 
+    def budget_params(self) -> dict[str, Any]:
+        """The ``train`` keys that decide the iterations fixed at planning (carve.training.budget): only these
+        rerun rule ``plan``, so a change of the learning rate does not re-plan."""
+        train = self.config.get("train", {})
+        return {k: train[k] for k in (*BUDGET_KEYS, "iterations_per_epoch") if k in train}
+
     def train_runtime_min(self) -> int:
-        """The scheduler's time limit of one training job: twice the budget plus an hour (the budget's default when
-        the config gives none: carve.training.train.TrainConfig's)."""
-        budget = self.config["train"].get("time_budget_min", DEFAULT_TIME_BUDGET_MIN)
-        return int(60 + 2 * (budget if budget is not None else 60))
+        """The scheduler's time limit of one training job: twice a time budget plus an hour (the default budget
+        where the config gives no count); three hours for a count of iterations or epochs (a profile may set more)."""
+        kind, value = requested_budget(self.config["train"])
+        return int(60 + 2 * (value if kind == "time_budget_min" else 60))
 
     def evaluated_cases(self) -> list[str]:
         return self.train + self.labelled_test
@@ -315,11 +322,6 @@ class Run:
         if self.individual_metrics():
             out += [f"{r}/metrics/datasets.tsv", f"{r}/report/datasets.png"]
         return out + ([f"{r}/manifest.json"] if manifest else [])
-
-
-DEFAULT_TIME_BUDGET_MIN = (
-    5.0  # carve.training.train.TrainConfig.time_budget_min (a test keeps them equal; no torch here)
-)
 
 
 # ---- resolution ------------------------------------------------------------------------------------------------

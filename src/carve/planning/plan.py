@@ -273,6 +273,21 @@ def plans_for_dataset(plans: Mapping, dataset: str | None) -> dict:
     return {**plans, "normalisation": own["normalisation"], "classes": own["classes"]}
 
 
+def dataset_plans_for(
+    images: Sequence[Path],
+    labels: Sequence[Path],
+    label_names: Mapping[int, str],
+    options: PlanOptions,
+    datasets: Mapping[str, Mapping] | None = None,
+) -> dict:
+    """The plans of the training cases (fingerprint, then :func:`make_plans`); with ``datasets`` (several
+    datasets, one network) also each dataset's normalisation and classes (:func:`dataset_plans`)."""
+    plans = make_plans(fingerprint(images, labels, options.seed), label_names, options)
+    if datasets:
+        plans["datasets"] = dataset_plans(images, labels, datasets, options)
+    return plans
+
+
 def plan_dataset(
     images: Sequence[Path],
     labels: Sequence[Path],
@@ -281,10 +296,8 @@ def plan_dataset(
     out: Path,
     datasets: Mapping[str, Mapping] | None = None,
 ) -> dict:
-    """Fingerprint the training cases and write the plans; with ``datasets`` (several datasets, one
-    network) also each dataset's normalisation and classes (:func:`dataset_plans`)."""
-    plans = make_plans(fingerprint(images, labels, options.seed), label_names, options)
-    if datasets:
-        plans["datasets"] = dataset_plans(images, labels, datasets, options)
+    """:func:`dataset_plans_for`, written to ``out`` (without the training budget, which rule ``plan`` adds:
+    :func:`carve.training.budget.plan_training_run`)."""
+    plans = dataset_plans_for(images, labels, label_names, options, datasets)
     write_plans(out, plans)
     return plans

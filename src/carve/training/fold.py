@@ -15,14 +15,16 @@ from carve.planning.plan import load_plans, plans_for_dataset
 from carve.planning.preprocess import load_case
 from carve.planning.split import fold_of, load_splits
 from carve.prediction.predict import PredictOptions, predict_case, select_device
+from carve.training.budget import BUDGET_KEYS, planned_iterations, precision_of
 
 log = logging.getLogger("carve.training.fold")
 MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
 
 
-def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
+def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, iterations: int | None = None):
     """The resolved :class:`carve.training.train.TrainConfig` of a fold: plans first, then the config's ``train``
-    keys."""
+    keys. The fold trains ``iterations``, else the count fixed when the run was planned (``plans["training"]``,
+    :mod:`carve.training.budget`); the config's budget keys only decide that count."""
     from carve.training.augment import AugmentConfig
     from carve.training.network import NetworkConfig
     from carve.training.train import TrainConfig
@@ -36,7 +38,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
         strides=tuple(tuple(int(v) for v in s) for s in net["strides"]),
         kernel_sizes=tuple(tuple(int(v) for v in k) for k in net["kernel_sizes"]),
     )
-    opts = {k: v for k, v in options.items() if v is not None or k in ("epochs", "time_budget_min")}
+    opts = {k: v for k, v in options.items() if v is not None and k not in BUDGET_KEYS}
     augment_keys = dict(opts.pop("augment", {}))
     planned = [k for k in ("mirror_axes", "p_mirror") if k in augment_keys]
     if planned:
@@ -49,6 +51,9 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int):
     augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment_keys.items()})
     return TrainConfig(
         **opts,
+        iterations=int(iterations) if iterations is not None else planned_iterations(plans),
+        epochs=None,
+        time_budget_min=None,
         batch_size=int(plans["batch_size"]),
         patch_size=tuple(int(p) for p in plans["patch_size"]),
         spacing_mm=tuple(float(s) for s in plans["target_spacing_mm"]),
@@ -122,6 +127,7 @@ def train_one_fold(
         "train_cases": names["train"],
         "val_cases": names["val"],
         "train": config.to_dict(),
+        "runtime": {"device": device, "threads": int(threads), "precision": precision_of(device)},
         "plans": {
             k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
         },

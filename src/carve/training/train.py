@@ -1,13 +1,15 @@
-"""Training of one fold: budget-aware schedule, Dice + cross-entropy with deep supervision, resumable.
+"""Training of one fold: a fixed number of iterations, Dice + cross-entropy with deep supervision, resumable.
 
 ``train_fold`` writes into ``out_dir``: ``model.pt`` (final weights, :func:`carve.training.network.save_model`),
 ``checkpoint.pt`` (model, optimiser, progress and random states; written every ``checkpoint_every_min`` and at
 the end; a fold that finds one resumes from it), ``curves.tsv`` and ``curves.png``.
 
-When ``time_budget_min`` is set the learning-rate schedule runs over *time* (progress = elapsed / budget), so its
-decay ends exactly when the budget is spent; with ``epochs`` only, progress = iteration / total iterations (and
-two runs with the same seed give identical weights on the CPU); with both, training stops at whichever comes
-first and progress is the larger of the two fractions.
+The pipeline always trains a number of iterations: ``iterations``, or ``epochs`` x ``iterations_per_epoch``; a
+time budget is turned into a count once, when the run is planned (:mod:`carve.training.budget`). The learning-rate
+schedule runs over those iterations (progress = iteration / total), so two runs with the same seed give identical
+weights on the CPU, and a fold killed and resumed gives the weights of an uninterrupted one. Only a direct call with
+``time_budget_min`` alone (benchmarks, notebooks) trains to the wall clock: progress = elapsed / budget, its decay
+ending when the budget is spent, and the weights depend on the machine's speed at that moment.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +42,7 @@ LOG = logging.getLogger("carve.training.train")
 CHECKPOINT_VERSION = 1
 LOG_EVERY_S = 30.0
 # Fields that may change between a killed run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "time_budget_min", "checkpoint_every_min")
+RESUMABLE_CHANGES = ("iterations", "epochs", "time_budget_min", "checkpoint_every_min")
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ class TrainConfig:
     lateralised or anterior/posterior labels) because the budget is too short to fit heavy augmentation.
     """
 
-    epochs: int | None = None
-    time_budget_min: float | None = 5.0
+    iterations: int | None = None  # total; decides alone when set
+    epochs: int | None = None  # else epochs x iterations_per_epoch
+    time_budget_min: float | None = 5.0  # wall clock; only where neither is set (carve.training.budget converts it)
     iterations_per_epoch: int = 50
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (32, 48, 32)
@@ -83,8 +87,10 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self) -> None:
-        if self.epochs is None and self.time_budget_min is None:
-            raise ValueError("TrainConfig needs epochs, time_budget_min or both")
+        if self.iterations is None and self.epochs is None and self.time_budget_min is None:
+            raise ValueError("TrainConfig needs iterations, epochs, time_budget_min or both of the last two")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"TrainConfig.iterations must be positive, got {self.iterations}")
         if self.optimizer not in ("adamw", "sgd") or self.schedule not in ("cosine", "poly"):
             raise ValueError(f"optimizer must be adamw|sgd and schedule cosine|poly: {self.optimizer}, {self.schedule}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -204,7 +210,54 @@ def _compatible(saved: dict, config: TrainConfig) -> bool:
     return all(saved.get(k) == now[k] for k in now if k not in RESUMABLE_CHANGES)
 
 
-def _domain_regularisers(config, domains, contrast, logits, masks, sampler, device) -> torch.Tensor:
+def total_iterations(config: TrainConfig) -> int | None:
+    """The iterations a fold trains: ``iterations``, else ``epochs`` x ``iterations_per_epoch``; None: only a time
+    budget (wall clock)."""
+    if config.iterations is not None:
+        return int(config.iterations)
+    return config.epochs * config.iterations_per_epoch if config.epochs else None
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    network: NetworkConfig,
+    generator: torch.Generator,
+    device: str,
+    masks: torch.Tensor | None = None,
+    regulariser: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float | None:
+    """One iteration on a sampled batch: augmentation, forward pass (bf16 autocast on CUDA), deep-supervision loss
+    (``masks``: the classes each sample's dataset annotates; ``regulariser``: extra terms on the finest logits),
+    backward pass, gradient clipping and the optimiser's step. Returns the loss, or None (no step) when it is not
+    finite. The timing of a run's budget (:mod:`carve.training.budget`) runs exactly this."""
+    x, y = augment_batch(
+        torch.from_numpy(images).to(device),
+        torch.from_numpy(labels).to(device),
+        config.augment,
+        config.patch_size,
+        config.spacing_mm,
+        generator,
+    )
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
+        out = model(x)
+    outputs = out if isinstance(out, list) else [out]
+    loss = deep_supervision_loss(outputs, y, network.n_classes, network.strides, masks)
+    if regulariser is not None:
+        loss = loss + regulariser(outputs[0])
+    if not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _domain_regularisers(config, domains, contrast, logits, *, masks, sampler, device) -> torch.Tensor:
     """The optional multi-dataset terms: contrastive (by dataset) and non-adjacency prior."""
     from carve.training.multidomain import adjacency_penalty
 
@@ -270,8 +323,8 @@ def train_fold(
             list(domains.forbidden),
         )
     aug_gen = torch.Generator().manual_seed(config.seed + 2)
-    total_iters = config.epochs * config.iterations_per_epoch if config.epochs else None
-    budget_s = config.time_budget_min * 60 if config.time_budget_min else None
+    total_iters = total_iterations(config)
+    budget_s = config.time_budget_min * 60 if config.time_budget_min and config.iterations is None else None
     iteration, epoch, elapsed_prev, val_seconds, rows = 0, 0, 0.0, 0.0, []
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -313,7 +366,6 @@ def train_fold(
             ckpt_path,
         )
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
     last_log = last_ckpt = time.monotonic()
     lr, val_last_s = 0.0, 0.0
     while progress() < 1.0:
@@ -328,30 +380,17 @@ def train_fold(
                 group["lr"] = group["base_lr"] * factor
             lr = config.learning_rate * factor
             images, labels = sampler.sample(config.batch_size)
-            x, y = augment_batch(
-                torch.from_numpy(images).to(device),
-                torch.from_numpy(labels).to(device),
-                config.augment,
-                config.patch_size,
-                config.spacing_mm,
-                aug_gen,
-            )
-            with autocast:
-                out = model(x)
-            outputs = out if isinstance(out, list) else [out]
-            masks = None if domains is None else domains.masks(sampler.last_datasets)
-            loss = deep_supervision_loss(outputs, y, n_classes, net_cfg.strides, masks)
+            masks, regulariser = None, None
             if domains is not None:
-                loss = loss + _domain_regularisers(config, domains, contrast, outputs[0], masks, sampler, device)
-            if not torch.isfinite(loss):
+                masks = domains.masks(sampler.last_datasets)
+                regulariser = partial(_domain_regularisers, config, domains, contrast, masks=masks, sampler=sampler,
+                                      device=device)  # fmt: skip
+            loss = train_step(model, optimizer, images, labels, config, net_cfg, aug_gen, device, masks, regulariser)
+            if loss is None:
                 log.warning("iteration %d: non-finite loss, step skipped", iteration)
                 iteration += 1
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             iteration += 1
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()

@@ -1,0 +1,206 @@
+"""A run's training budget as a number of iterations, fixed once when the run is planned.
+
+The config gives ``train.iterations`` (per fold), or ``train.epochs`` (x ``iterations_per_epoch``), or, where it
+gives neither, ``train.time_budget_min`` (default 5). A time budget is turned into iterations here, in rule
+``plan``: a short timed run of the planned network's training step (:func:`carve.training.train.train_step`: the
+same augmentation, network, loss and optimiser, on random data of the planned patch and batch) on the device and
+thread count that will train; its median step time, rounded to the nearest of the R10 preferred numbers (1, 1.25,
+1.6, 2, 2.5, 3.15, 4, 5, 6.3, 8 per decade: steps of about 25 %), so that timing noise of a few per cent gives the
+same count on the same machine. The count is ``floor(budget / rounded seconds)``. What an iteration costs beyond
+the step (patch sampling, validation between epochs, checkpoints) is not added: on hippocampus (AMD EPYC, 2
+threads) whole training iterations took 0.39 s against timed steps of 0.40-0.45 s (docs/training.md).
+
+``plans.json`` records the count with what it came from (``training``: the budget, the rounded seconds per
+iteration, device, threads, precision); the exact timings are in the plan's log. Training then runs exactly that
+many iterations and its learning-rate schedule ends there, so the same plans give the same weights (on a CPU), a
+killed fold resumes to the same bytes, and a user may edit the count in plans.json. Planning again on a machine
+whose step time falls on another grid value gives another count: to pin it across machines, give ``iterations``.
+
+Importing this module does not import torch (the run's resolution reads :data:`DEFAULT_TIME_BUDGET_MIN`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from carve.errors import InputError
+
+LOG = logging.getLogger("carve.training.budget")
+DEFAULT_TIME_BUDGET_MIN = 5.0  # minutes per fold when the config names no budget
+BUDGET_KEYS = ("iterations", "epochs", "time_budget_min")
+DEFAULT_ITERATIONS_PER_EPOCH = 50  # carve.training.train.TrainConfig's (a test keeps them equal)
+R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)  # preferred numbers (ISO 3), one decade
+WARMUP_STEPS = 3
+TIMED_STEPS = 10
+
+
+def on_grid(seconds: float) -> float:
+    """``seconds`` rounded to the nearest R10 preferred number (nearest in ratio)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"seconds per iteration must be positive and finite, got {seconds}")
+    decade = math.floor(math.log10(seconds))
+    candidates = [v * 10.0**d for d in (decade - 1, decade, decade + 1) for v in R10]
+    best = min(candidates, key=lambda v: abs(math.log(v / seconds)))
+    return float(f"{best:.3g}")
+
+
+def iterations_for(budget_min: float, seconds_per_iteration: float) -> int:
+    """Iterations that fill ``budget_min`` at ``seconds_per_iteration`` (already rounded), at least one."""
+    return max(1, math.floor(budget_min * 60.0 / seconds_per_iteration + 1e-9))
+
+
+def requested_budget(train: Mapping[str, Any]) -> tuple[str, float]:
+    """Which budget the config's ``train`` keys give and its value: ``("iterations", n)`` (``iterations``, or
+    ``epochs`` x ``iterations_per_epoch``), or ``("time_budget_min", minutes)`` where neither count is given."""
+    if train.get("iterations") is not None:
+        return "iterations", int(train["iterations"])
+    if train.get("epochs") is not None:
+        per_epoch = int(train.get("iterations_per_epoch") or DEFAULT_ITERATIONS_PER_EPOCH)
+        return "epochs", int(train["epochs"]) * per_epoch
+    budget = train.get("time_budget_min", DEFAULT_TIME_BUDGET_MIN)
+    if budget is None:
+        raise InputError("config train: give iterations, epochs or time_budget_min (all are null)")
+    return "time_budget_min", float(budget)
+
+
+def precision_of(device: str) -> str:
+    """The arithmetic training uses on ``device``: bf16 autocast on CUDA, fp32 elsewhere
+    (:func:`carve.training.train.train_step`)."""
+    return "bf16-autocast" if str(device).startswith("cuda") else "fp32"
+
+
+def time_training_steps(
+    config: Any,
+    device: str = "cpu",
+    threads: int = 1,
+    *,
+    steps: int = TIMED_STEPS,
+    warmup: int = WARMUP_STEPS,
+    timer: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Seconds of each of ``steps`` training steps (after ``warmup`` untimed ones) of ``config`` (a
+    :class:`carve.training.train.TrainConfig`) on random data of its patch and batch, on ``device`` with
+    ``threads`` threads."""
+    import numpy as np
+    import torch
+
+    from carve.training.augment import spatial_margin
+    from carve.training.network import UNet3D
+    from carve.training.train import _build_optimizer, train_step
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(config.seed)
+    network = replace(config.network, deep_supervision=config.deep_supervision)
+    model = UNet3D(network).to(device)
+    optimizer = _build_optimizer(model, replace(config, pretrained=None), LOG)
+    margin = spatial_margin(config.augment, config.patch_size, config.spacing_mm)
+    crop = tuple(p + 2 * m for p, m in zip(config.patch_size, margin, strict=True))
+    rng = np.random.default_rng(config.seed)
+    images = rng.standard_normal((config.batch_size, network.in_channels, *crop)).astype(np.float32)
+    labels = rng.integers(0, network.n_classes, (config.batch_size, *crop)).astype(np.int64)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    seconds = []
+    for i in range(warmup + steps):
+        start = timer()
+        train_step(model, optimizer, images, labels, config, network, generator, device)
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            seconds.append(timer() - start)
+    return seconds
+
+
+def training_budget(
+    plans: Mapping[str, Any],
+    train: Mapping[str, Any],
+    seed: int,
+    threads: int,
+    *,
+    measure: Callable[..., list[float]] = time_training_steps,
+    log: logging.Logger = LOG,
+) -> dict[str, Any]:
+    """The ``training`` entry of plans.json: the iterations each fold trains and what they came from.
+
+    ``plans``: the planned network, patch and batch (``memory.device`` is the device that trains); ``train``: the
+    config's ``train`` keys; ``threads``: those of one training job. A time budget is measured with ``measure``
+    (a stand-in in tests)."""
+    kind, value = requested_budget(train)
+    device = str(plans.get("memory", {}).get("device", "cpu"))
+    entry: dict[str, Any] = {"iterations": None, "from": kind}
+    if kind != "time_budget_min":
+        entry["iterations"] = int(value)
+        if kind == "epochs":
+            entry["epochs"] = int(train["epochs"])
+        if train.get("time_budget_min") is not None:
+            log.info("train.%s gives the count; train.time_budget_min (%s) is not used", kind, train["time_budget_min"])
+        return {**entry, "device": device, "threads": int(threads), "precision": precision_of(device)}
+    from carve.training.fold import train_config_from
+
+    config = train_config_from(plans, train, seed, iterations=1)
+    seconds = measure(config, device, threads)
+    median = statistics.median(seconds)
+    per_iteration = on_grid(median)
+    iterations = iterations_for(value, per_iteration)
+    log.info(
+        "time budget %.3g min: training step %.4f s (median of %d: %s) -> %.3g s per iteration on the grid -> %d "
+        "iterations (%s, %d thread(s), %s)",
+        value,
+        median,
+        len(seconds),
+        " ".join(f"{s:.4f}" for s in seconds),
+        per_iteration,
+        iterations,
+        device,
+        threads,
+        precision_of(device),
+    )
+    return {
+        **entry,
+        "iterations": iterations,
+        "time_budget_min": value,
+        "seconds_per_iteration": per_iteration,
+        "device": device,
+        "threads": int(threads),
+        "precision": precision_of(device),
+    }
+
+
+def planned_iterations(plans: Mapping[str, Any], where: str | Path = "plans.json") -> int:
+    """The iterations a fold of these plans trains (``plans["training"]["iterations"]``)."""
+    training = plans.get("training")
+    count = training.get("iterations") if isinstance(training, Mapping) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise InputError(
+            f"{where}: no training iteration count (training.iterations, a positive integer); rerun rule plan "
+            "(plans made before carve fixed the count at planning lack it)"
+        )
+    return count
+
+
+def plan_training_run(
+    images: Sequence[Path],
+    labels: Sequence[Path],
+    label_names: Mapping[int, str],
+    options: Any,
+    out: Path,
+    datasets: Mapping[str, Mapping] | None,
+    train: Mapping[str, Any],
+    seed: int,
+    threads: int,
+) -> dict:
+    """Rule ``plan``: the dataset's plans (:func:`carve.planning.plan.dataset_plans_for`) with the training budget
+    fixed as iterations (:func:`training_budget`), written to ``out``."""
+    from carve.planning.plan import dataset_plans_for, write_plans
+
+    plans = dataset_plans_for(images, labels, label_names, options, datasets)
+    plans["training"] = training_budget(plans, train, seed, threads)
+    write_plans(out, plans)
+    return plans
