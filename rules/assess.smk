@@ -1,7 +1,8 @@
 # How good is the uncertainty (carve.evaluation.calibration)? Measured on the training cases' raw cross-validation
 # predictions (cv_raw/), against their references: calibration of the confidence map, overlap of thresholded
-# uncertainty with the errors, and rank correlation of the case scores with the case Dice. Then every case,
-# test cases included, is ranked by its score and the likely wrong ones are flagged for review.
+# uncertainty with the errors, rank correlation of the case scores with the case Dice, and how well each case score
+# detects the failed cases (AURC, AUROC; carve.evaluation.failure). Then every case, test cases included, is ranked
+# by its score and the likely wrong ones are flagged for review.
 
 
 rule assess_case:
@@ -41,9 +42,21 @@ rule assess_uncertainty:
         reliability=f"{R}/assessment/reliability.tsv",
         error_overlap=f"{R}/assessment/error_overlap.tsv",
         score_correlation=f"{R}/assessment/score_correlation.tsv",
+        failure_detection=report(
+            f"{R}/assessment/failure_detection.tsv",
+            caption="../workflow/report/risk_coverage.rst",
+            category="Metrics",
+            subcategory="Tables",
+        ),
         figure=report(
             f"{R}/report/reliability.png",
             caption="../workflow/report/reliability.rst",
+            category="Metrics",
+            subcategory="Plots",
+        ),
+        risk_coverage=report(
+            f"{R}/report/risk_coverage.png",
+            caption="../workflow/report/risk_coverage.rst",
             category="Metrics",
             subcategory="Plots",
         ),
@@ -53,6 +66,7 @@ rule assess_uncertainty:
         f"{R}/benchmarks/assess_uncertainty/assess_uncertainty.tsv"
     params:
         cv_cases=TRAIN,
+        failure_dice_threshold=config["evaluate"]["failure_dice_threshold"],
     threads: 1
     resources:
         mem_mb=2000,

@@ -58,11 +58,13 @@ def test_html_report_names_every_preview_and_plot(html_report):
     for case in CASES:
         assert f"{RESULTS}/report/previews/{case}.png" in html_report
     for name in ("seeds_table.html", "seeds_table.tsv", "metrics_boxplots.png", "uncertainty_vs_dice.png",
-                 "training_curves.png", "configuration.html", "fold_0/curves.png"):  # fmt: skip
+                 "training_curves.png", "configuration.html", "fold_0/curves.png", "failure_detection.tsv",
+                 "risk_coverage.png"):  # fmt: skip
         assert name in html_report, name
     # captions are rendered into the report, with the configuration filled in
     assert "The seeds" in html_report and "three orthogonal slices" in html_report
     assert "Training of all 2 folds" in html_report
+    assert "with a Dice below 0.7 (failed)" in html_report  # evaluate.failure_dice_threshold, by default
     assert '"Cases"' in html_report and '"Metrics"' in html_report
 
 

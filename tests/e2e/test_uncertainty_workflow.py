@@ -42,6 +42,9 @@ def test_every_case_has_its_maps_on_its_own_grid(results):
         # members: folds x mirrorings (x axis: 2) x views (the image and one projection)
         assert scores["members"] == (2 if case in TEST else 1) * 2 * 2
         assert {"mean_std_organ", "mean_std_lobe", "mean_mutual_information"} <= set(scores.index)
+        predicted = [scores[f"predicted_dice_{name}"] for name in LABELS.values()]  # higher = safer
+        assert all(0 <= d <= 1 for d in predicted)
+        assert scores["predicted_dice_foreground"] == pytest.approx(np.mean(predicted))
 
 
 def test_postprocessing_is_decided_on_raw_cv_and_applied_to_every_prediction(results):
@@ -78,6 +81,16 @@ def test_assessment_tables_and_figure(results):
     correlation = pd.read_csv(results / "assessment" / "score_correlation.tsv", sep="\t")
     assert "mean_normalised_entropy" in set(correlation["score"])
     assert (results / "report" / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    assert "predicted_dice_foreground" in set(correlation["score"])
+    failures = pd.read_csv(results / "assessment" / "failure_detection.tsv", sep="\t")
+    assert {"mean_normalised_entropy", "predicted_dice_foreground", "predicted_dice_lobe"} <= set(failures["score"])
+    assert "members" not in set(failures["score"]) and "foreground_voxels" not in set(failures["score"])
+    assert failures["aurc"].dropna().is_monotonic_increasing  # best first
+    nonempty_cv = sum(
+        pd.read_csv(results / "uncertainty" / f"{case}.tsv", sep="\t").loc[0, "foreground_voxels"] > 0 for case in TRAIN
+    )
+    assert failures["cases"].max() == nonempty_cv
+    assert (results / "report" / "risk_coverage.png").read_bytes().startswith(b"\x89PNG")
     review = pd.read_csv(results / "assessment" / "review.tsv", sep="\t")
     assert sorted(review["case"]) == sorted(TRAIN + TEST) and list(review["rank"]) == list(range(1, 7))
     assert set(review.loc[review["case"].isin(TEST), "set"]) == {"test"}

@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from carve.errors import InputError
 from carve.evaluation.calibration import (
     THRESHOLDS,
     assess_case,
     assess_case_files,
     calibration_errors,
+    failure_detection,
     reliability_counts,
     review_files,
     review_list,
@@ -125,6 +127,67 @@ def test_score_correlations_are_scipys() -> None:
     assert np.isnan(table.loc["mean_std_foreground", "spearman_rho"])  # constant score
 
 
+def failure_scores() -> tuple[pd.DataFrame, pd.Series]:
+    """Cases a-d with risks 1 - Dice = 0, 1/4, 1/2, 1 (dyadic: exact sums) and an empty prediction e."""
+    scores = pd.DataFrame(
+        {
+            "case": list("abcde"),
+            "members": [4, 4, 4, 4, 4],
+            "mean_normalised_entropy": [0.1, 0.2, 0.3, 0.9, 0.0],  # perfect
+            "predicted_dice_foreground": [0.9, 0.8, 0.7, 0.1, 1.0],  # perfect, higher is safer
+            "mean_mutual_information": [0.9, 0.3, 0.2, 0.1, 0.0],  # reversed
+            "uncertain_foreground_fraction": [0.5, 0.5, 0.5, 0.5, 0.0],  # constant on a-d
+            "foreground_voxels": [10.0, 10.0, 10.0, 10.0, 0.0],
+        }
+    )
+    return scores, pd.Series([1.0, 0.75, 0.5, 0.0, 0.0], index=list("abcde"))
+
+
+def test_failure_detection_leaves_out_empty_predictions_and_draws_the_best_three() -> None:
+    scores, dice = failure_scores()
+    table, fig = failure_detection(scores, dice, dice_threshold=0.6)
+    optimal, random, worst = 57 / 384, 7 / 16, 293 / 384  # AURCs of the ranking by risk, a constant, the reverse
+    assert list(table["score"]) == [  # tied AURCs by name
+        "mean_normalised_entropy",
+        "predicted_dice_foreground",
+        "uncertain_foreground_fraction",
+        "mean_mutual_information",
+    ]  # members is no score
+    rows = table.set_index("score")
+    assert (rows["cases"] == 4).all() and (rows["failures"] == 2).all()  # e (empty) left out: Dice 0.5 and 0.0
+    assert (rows["aurc_random"] == random).all() and (rows["aurc_optimal"] == optimal).all()
+    for name in ("mean_normalised_entropy", "predicted_dice_foreground"):
+        assert rows.loc[name, "aurc"] == optimal and rows.loc[name, "gap_closed"] == 1.0
+        assert rows.loc[name, "auroc"] == 1.0
+    assert rows.loc["predicted_dice_foreground", "direction"] == "higher_is_safer"
+    assert rows.loc["predicted_dice_foreground", "spearman_rho"] == pytest.approx(1.0)
+    assert rows.loc["mean_normalised_entropy", "spearman_rho"] == pytest.approx(-1.0)
+    assert rows.loc["uncertain_foreground_fraction", "aurc"] == random
+    assert rows.loc["mean_mutual_information", "aurc"] == pytest.approx(worst)
+    assert rows.loc["mean_mutual_information", "auroc"] == 0.0
+    (ax,) = fig.axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:3] == [
+        "mean_normalised_entropy (AURC 0.148)",
+        "predicted_dice_foreground (AURC 0.148)",
+        "uncertain_foreground_fraction (AURC 0.438)",
+    ]
+    assert labels[3].startswith("optimal") and labels[3].endswith("(AURC 0.148)")  # over a-d only
+    assert labels[4] == "random (AURC 0.438)" and len(labels) == 5
+    assert "4 cases" in ax.get_title()
+
+
+def test_failure_detection_without_a_non_empty_prediction_and_bad_threshold() -> None:
+    scores, dice = failure_scores()
+    table, fig = failure_detection(scores.assign(foreground_voxels=0.0), dice, 0.7)
+    assert len(table) == 4 and (table["cases"] == 0).all() and table["aurc"].isna().all()
+    assert not fig.axes[0].get_lines()
+    with pytest.raises(InputError, match=r"evaluate.failure_dice_threshold must be in \[0, 1\], got 1.2"):
+        failure_detection(scores, dice, 1.2)
+    with pytest.raises(InputError, match="no case has both"):
+        failure_detection(scores, dice.rename(lambda case: f"x{case}"), 0.7)
+
+
 def test_review_list_flags_high_scores_and_empty_predictions() -> None:
     scores = pd.DataFrame(
         {
@@ -170,14 +233,20 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
     pd.DataFrame(rows).to_csv(tmp_path / "cases.tsv", sep="\t", index=False)
     outputs = {name: tmp_path / f"{name}.tsv" for name in ("calibration", "reliability", "error_overlap")}
     outputs |= {"score_correlation": tmp_path / "rho.tsv", "figure": tmp_path / "reliability.png"}
+    outputs |= {"failure_detection": tmp_path / "failures.tsv", "risk_coverage": tmp_path / "risk_coverage.png"}
     calibration = summarise_assessment_files(
-        reliability_paths, error_paths, score_paths, tmp_path / "cases.tsv", cv_cases, outputs
+        reliability_paths, error_paths, score_paths, tmp_path / "cases.tsv", cv_cases, outputs, 0.6
     )
     stored_half = 128 / 255  # confidence 0.5 as stored in uint8
     assert calibration.set_index("region").loc["all", "ece"] == pytest.approx((3 + 6 + 9) / (3 * 120) * stored_half)
     assert outputs["figure"].read_bytes().startswith(b"\x89PNG")
     rho = pd.read_csv(outputs["score_correlation"], sep="\t").set_index("score")
     assert rho.loc["mean_normalised_entropy", "spearman_rho"] == pytest.approx(-1.0)
+    failures = pd.read_csv(outputs["failure_detection"], sep="\t").set_index("score")
+    assert list(failures.index) == ["mean_normalised_entropy"]  # ranks Dice 0.9, 0.7, 0.5 perfectly
+    assert failures.loc["mean_normalised_entropy", "gap_closed"] == pytest.approx(1.0)
+    assert failures.loc["mean_normalised_entropy", "failures"] == 1  # Dice 0.5 < 0.6
+    assert outputs["risk_coverage"].read_bytes().startswith(b"\x89PNG")
     overlap = pd.read_csv(outputs["error_overlap"], sep="\t")
     assert overlap.loc[overlap["map"] == "normalised_entropy", "dice_pooled"].eq(1.0).all()
     review = review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "mean_normalised_entropy", 0.5,

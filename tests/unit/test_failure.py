@@ -234,6 +234,8 @@ def test_failure_detection_table_directions_and_order() -> None:
     assert partial["cases"] == 3 and partial["aurc_random"] == pytest.approx(1.75 / 3)
     assert partial["gap_closed"] == pytest.approx(1.0)
     assert "foreground_voxels" not in set(table["score"]) and "set" not in set(table["score"])
+    with_members = failure_detection_table(scores.assign(members=4), dice, dice_threshold=0.6)
+    assert "members" not in set(with_members["score"]) and len(with_members) == len(table)
     assert best_score(table) == "mean_normalised_entropy"
 
 

@@ -319,6 +319,9 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
     assert rows[0] == rows[1]  # the scores describe the raw prediction
     assert rows[0]["members"] == 2 * 2 * 2 and rows[0]["foreground_voxels"] > 0
     assert {"mean_std_organ", "mean_std_vessel"} <= set(rows[0])
+    expected = [rows[0][f"predicted_dice_{name}"] for name in ("organ", "vessel")]  # plan grid, higher = safer
+    assert all(0.0 <= d <= 1.0 for d in expected)
+    assert rows[0]["predicted_dice_foreground"] == pytest.approx(np.mean(expected))
     np.testing.assert_array_equal(labels[1], apply_postprocessing(labels[0], plan))
     assert 0 in labels[0] and len(np.unique(labels[0])) > 1 and labels[0].max() <= 2
 
@@ -338,3 +341,4 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
         assert 0 <= std.min() and std.max() <= 0.5 and std.max() > 0
     scores = pd.read_csv(tmp_path / "raw" / "scores.tsv", sep="\t")
     assert scores.loc[0, "case"] == "c" and scores.loc[0, "members"] == 8
+    assert scores.loc[0, "predicted_dice_foreground"] == pytest.approx(rows[0]["predicted_dice_foreground"])

@@ -111,6 +111,17 @@ def test_spearman_in_the_title_equals_scipys():
     assert "n = 4" in title
 
 
+def test_predicted_dice_is_correlated_as_an_agreement_score():
+    cases = cases_table()
+    scores = scores_table(cases).assign(predicted_dice_foreground=[0.5, 0.95, 0.7, 0.4])  # a, b, c, t
+    per_case, correlations = report.uncertainty_against_dice(cases, scores)
+    dice = per_case.set_index("case")["mean_foreground_dice"]
+    row = correlations.set_index("score").loc["predicted_dice_foreground"]
+    expected = stats.spearmanr([0.5, 0.95, 0.7, 0.4], dice[["a", "b", "c", "t"]])
+    assert row["spearman_rho"] == pytest.approx(expected.statistic) and row["cases"] == 4
+    assert len(report.uncertainty_figure(per_case, correlations).axes) == len(correlations) == 3
+
+
 def test_empty_predictions_are_left_out_of_the_correlation():
     cases = cases_table()
     scores = scores_table(cases)

@@ -1,4 +1,5 @@
-"""Snakemake adapter: pooled calibration, uncertainty-error overlap and score correlations on cross-validation."""
+"""Snakemake adapter: pooled calibration, uncertainty-error overlap, score correlations and failure detection on
+cross-validation."""
 
 import sys
 
@@ -17,4 +18,5 @@ run_step(
     Path(snakemake.input.cases),
     list(snakemake.params.cv_cases),
     {k: Path(v) for k, v in snakemake.output.items()},
+    float(snakemake.params.failure_dice_threshold),
 )

@@ -15,7 +15,11 @@ probabilities, before postprocessing), a reference and the voxel maps of :mod:`c
   maps scaled to [0, 1]: normalised entropy, mutual information / log(n_classes), and
   (1 - confidence) / (1 - 1 / n_classes). Pooled over cases (sums of voxel counts), and as a mean of cases.
 * **Case ranking**: Spearman's rank correlation between each per-case score (``uncertainty/{case}.tsv``) and the
-  case's mean foreground Dice (``metrics/cases.tsv``, set cv); a useful score has a negative rho.
+  case's mean foreground Dice (``metrics/cases.tsv``, set cv); a useful uncertainty score has a negative rho, a
+  useful agreement score (``predicted_dice_*``: higher = safer) a positive one.
+* **Failure detection** (:func:`failure_detection`): per score, the AURC of its risk-coverage curve against the
+  random and optimal references and the AUROC of flagging the cases with Dice below a threshold
+  (:mod:`carve.evaluation.failure`), with a figure of the best scores' curves.
   :func:`review_list` ranks every case by one score and flags those at or above a quantile of the
   cross-validation cases' scores, and every case with an empty prediction.
 """
@@ -31,6 +35,14 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from carve.errors import InputError
+from carve.evaluation.failure import (
+    TABLE_COLUMNS,
+    failure_detection_table,
+    risk_coverage_curves,
+    risk_coverage_figure,
+    score_columns,
+    score_direction,
+)
 from carve.evaluation.report import plot_style, save_png, spearman
 from carve.imaging.io import atomic_write_text, read_image
 
@@ -42,7 +54,14 @@ MAPS = ("normalised_entropy", "mutual_information", "one_minus_confidence")
 CONFIDENCE_SCALE = 255  # confidence maps are uint8: round(255 * p)
 RELIABILITY_COLUMNS = ["region", "lower", "upper", "voxels", "confidence_sum", "correct"]
 ERROR_COLUMNS = ["map", "threshold", "uncertain_voxels", "error_voxels", "overlap_voxels", "dice"]
-SCORES = ("mean_normalised_entropy", "mean_mutual_information", "uncertain_foreground_fraction", "mean_std_foreground")
+SCORES = (
+    "mean_normalised_entropy",
+    "mean_mutual_information",
+    "uncertain_foreground_fraction",
+    "mean_std_foreground",
+    "predicted_dice_foreground",
+)
+RISK_COVERAGE_CURVES = 3  # scores drawn in the risk-coverage figure: the best by AURC
 
 
 def reliability_counts(confidence: np.ndarray, correct: np.ndarray, bins: int = RELIABILITY_BINS) -> pd.DataFrame:
@@ -203,6 +222,42 @@ def score_correlations(scores: pd.DataFrame, dice: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["score", "cases", "spearman_rho", "p_value"])
 
 
+def _non_empty(scores: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a non-empty prediction (``foreground_voxels > 0``; every row without that column)."""
+    return scores[scores["foreground_voxels"] > 0] if "foreground_voxels" in scores.columns else scores
+
+
+def failure_detection(
+    scores: pd.DataFrame, dice: pd.Series, dice_threshold: float, curves: int = RISK_COVERAGE_CURVES
+) -> tuple[pd.DataFrame, Figure]:
+    """Case-level failure detection on cross-validation: the metrics of every score and the best ones' curves.
+
+    ``scores`` holds the rows of the uncertainty tables (``case``, ``members``, the scores, ``foreground_voxels``)
+    of the cases to assess; ``dice`` is their mean foreground Dice, indexed by case. Cases with an empty prediction
+    (``foreground_voxels == 0``: scores 0 by definition) are left out, as in :func:`score_correlations`. Returns
+    :func:`carve.evaluation.failure.failure_detection_table` with failure meaning Dice < ``dice_threshold`` (best
+    AURC first), and :func:`carve.evaluation.failure.risk_coverage_figure` of the ``curves`` scores of lowest AURC
+    (oriented so that higher = riskier), with the random and optimal references of the cases left in. With no case
+    left, every score has a row of 0 cases and NaN metrics, and the figure no curve.
+
+    Raises InputError for a threshold outside [0, 1] and for malformed tables (see the table's function).
+    """
+    if not 0.0 <= dice_threshold <= 1.0:
+        raise InputError(f"evaluate.failure_dice_threshold must be in [0, 1], got {dice_threshold}")
+    used = _non_empty(scores)
+    if used.empty:
+        names = score_columns(scores)
+        rows = [{"score": n, "direction": score_direction(n), "cases": 0, "failures": 0} for n in names]
+        empty = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        return empty, risk_coverage_figure({}, [], title="risk-coverage of cross-validation (no non-empty case)")
+    table = failure_detection_table(used, dice, dice_threshold)
+    best = table.loc[np.isfinite(table["aurc"].to_numpy(float)), "score"].head(curves).tolist()
+    cases_dice = dice[dice.index.isin(used["case"])].astype(float)
+    title = f"risk-coverage of cross-validation ({cases_dice.notna().sum()} cases, best {len(best)} scores by AURC)"
+    figure = risk_coverage_figure(risk_coverage_curves(used, dice, best), cases_dice, title=title)
+    return table, figure
+
+
 def case_dice(cases: pd.DataFrame, set_name: str | None = None) -> pd.Series:
     """Mean Dice over labels per case (of one set, or of all)."""
     if set_name is not None:
@@ -313,9 +368,12 @@ def summarise_assessment_files(
     cases_path: Path,
     cv_cases: Sequence[str],
     outputs: Mapping[str, Path],
+    failure_dice_threshold: float,
 ) -> pd.DataFrame:
     """Pool the per-case tables; ``outputs`` names the files: calibration, reliability, error_overlap,
-    score_correlation (TSV) and figure (PNG). Returns the calibration table."""
+    score_correlation, failure_detection (TSV), figure and risk_coverage (PNG). A case fails when its mean
+    foreground Dice is below ``failure_dice_threshold`` (:func:`failure_detection`). Returns the calibration
+    table."""
     if len(reliability_paths) != len(cv_cases) or len(error_paths) != len(cv_cases):
         raise ValueError(f"expected one reliability and one error table per case of {list(cv_cases)}")
     reliability = {c: pd.read_csv(p, sep="\t") for c, p in zip(cv_cases, reliability_paths, strict=True)}
@@ -323,12 +381,16 @@ def summarise_assessment_files(
     calibration, bins, overlap = summarise_assessment(reliability, errors)
     scores = pd.concat([pd.read_csv(p, sep="\t") for p in score_paths], ignore_index=True)
     scores = scores[scores["case"].isin(list(cv_cases))]
-    correlations = score_correlations(scores, case_dice(pd.read_csv(cases_path, sep="\t"), "cv"))
+    dice = case_dice(pd.read_csv(cases_path, sep="\t"), "cv")
+    correlations = score_correlations(scores, dice)
+    failures, risk_coverage = failure_detection(scores, dice, failure_dice_threshold)
     _write(outputs["calibration"], calibration)
     _write(outputs["reliability"], bins)
     _write(outputs["error_overlap"], overlap)
     _write(outputs["score_correlation"], correlations)
+    _write(outputs["failure_detection"], failures)
     save_png(reliability_figure(calibration, bins, overlap), outputs["figure"])
+    save_png(risk_coverage, outputs["risk_coverage"])
     return calibration
 
 

@@ -73,7 +73,7 @@ from carve.prediction.uncertainty import _label_name
 HIGHER_IS_SAFER_PREFIXES = ("pairwise_dice_", "predicted_dice_")
 HIGHER_IS_RISKIER = "higher_is_riskier"
 HIGHER_IS_SAFER = "higher_is_safer"
-NOT_SCORES = ("case", "foreground_voxels")  # columns of the uncertainty tables that are not scores
+NOT_SCORES = ("case", "members", "foreground_voxels")  # columns of the uncertainty tables that are not scores
 GAP_TOLERANCE = 1e-12  # random and optimal AURC closer than this: no gap to close
 CURVE_COLUMNS = ["coverage", "cases", "selective_risk", "threshold"]
 TABLE_COLUMNS = [
@@ -294,7 +294,8 @@ def failure_auroc(
     return float(u / (n_failed * n_ok))
 
 
-def _score_columns(scores: pd.DataFrame) -> list[str]:
+def score_columns(scores: pd.DataFrame) -> list[str]:
+    """The score columns of an uncertainty table: numeric, not boolean, not one of :data:`NOT_SCORES`."""
     return [
         c
         for c in scores.columns
@@ -314,7 +315,7 @@ def _paired(scores: pd.DataFrame, dice: pd.Series) -> pd.DataFrame:
     if dice.index.duplicated().any():
         repeated = sorted(map(str, dice.index[dice.index.duplicated()].unique()))
         raise InputError(f"the Dice scores repeat the case(s) {', '.join(repeated)}")
-    columns = _score_columns(scores)
+    columns = score_columns(scores)
     if not columns:
         have = ", ".join(map(str, scores.columns))
         raise InputError(f"the uncertainty scores have no numeric score column (have {have})")
@@ -350,9 +351,9 @@ def _score_row(name: str, values: pd.Series, dice: pd.Series, dice_threshold: fl
 def failure_detection_table(scores: pd.DataFrame, dice: pd.Series, dice_threshold: float) -> pd.DataFrame:
     """Failure-detection metrics of every score over the cases with both the score and a Dice, best first.
 
-    ``scores`` has a ``case`` column and one numeric column per score (``foreground_voxels`` and non-numeric
-    columns are skipped); ``dice`` is the mean foreground Dice indexed by case. Per score, the cases where the
-    score or the Dice is missing (NaN, infinite) are left out. Columns: ``score``, ``direction``, ``cases``,
+    ``scores`` has a ``case`` column and one numeric column per score (``members``, ``foreground_voxels`` and
+    non-numeric columns are skipped); ``dice`` is the mean foreground Dice indexed by case. Per score, the cases
+    where the score or the Dice is missing (NaN, infinite) are left out. Columns: ``score``, ``direction``, ``cases``,
     ``spearman_rho`` (of the raw score against Dice: a useful ``higher_is_riskier`` score has rho < 0, a useful
     ``higher_is_safer`` score rho > 0; NaN for fewer than 3 cases or a constant), ``aurc``, ``aurc_random``,
     ``aurc_optimal``, ``gap_closed`` and ``auroc`` (on the risk score, so direction-free), and ``failures``
@@ -433,5 +434,6 @@ def risk_coverage_figure(
         )
         ax.set_title(title or f"risk-coverage ({dice.size} cases)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=7)
+        if ax.get_lines():  # no case: no line, no legend
+            ax.legend(loc="best", fontsize=7)
     return fig

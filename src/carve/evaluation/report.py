@@ -39,6 +39,7 @@ UNCERTAINTY_SCORES = (
     "mean_mutual_information",
     "uncertain_foreground_fraction",
     "mean_std_foreground",
+    "predicted_dice_foreground",  # an agreement score: higher = safer, a useful one has rho > 0
 )
 SET_ORDER = ("cv", "test")
 SET_COLOURS = {"cv": "#1f77b4", "test": "#d62728"}

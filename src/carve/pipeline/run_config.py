@@ -30,8 +30,10 @@ ASSESSMENT_FILES = (
     "assessment/reliability.tsv",
     "assessment/error_overlap.tsv",
     "assessment/score_correlation.tsv",
+    "assessment/failure_detection.tsv",
     "assessment/review.tsv",
     "report/reliability.png",
+    "report/risk_coverage.png",
 )
 REPORT_FILES = (
     "seeds_table.html",

@@ -12,7 +12,9 @@ float32
 * ``labels``: uint8, the argmax of the ensemble's mean probabilities (raw: postprocessing is a later step,
   :mod:`carve.prediction.postprocess`, unless a decision is passed to :func:`predict_case`);
 * ``entropy``: normalised predictive entropy in [0, 1], float32 (``uncertainty/{case}.nii.gz``);
-* ``scores``: the per-case scores of :func:`carve.prediction.uncertainty.scores_on_grid`, over the raw labels, in a TSV;
+* ``scores``: the per-case scores of :func:`carve.prediction.uncertainty.scores_on_grid`, over the raw labels, and the
+  predicted Dice of :func:`carve.evaluation.failure.predicted_dice` (``predicted_dice_<label>``,
+  ``predicted_dice_foreground``: on the plan grid's mean probabilities; higher = safer), in a TSV;
 * in the folder ``maps``: ``mutual_information.nii.gz`` (nats, float32: disagreement between the members:
   folds, mirrorings and projections), ``confidence.nii.gz`` (the largest class probability as uint8,
   ``round(255 p)``) and one ``std_<label>.nii.gz`` per label (float32: the standard deviation across members
@@ -140,6 +142,7 @@ def write_case_outputs(
     ``shape`` and ``geometry`` are the grid the result is resized to; with ``orientation`` (the
     :class:`~carve.imaging.orientation.Reorientation` of the case and its own geometry) that grid is the canonical one
     and every written array goes back to the case's own axis order and geometry."""
+    from carve.evaluation.failure import predicted_dice
     from carve.prediction.uncertainty import maps_on_grid, scores_on_grid
 
     shape = tuple(int(s) for s in shape)
@@ -157,6 +160,7 @@ def write_case_outputs(
             write_own(path, array if array.dtype == np.uint8 else np.round(array, MAP_DECIMALS, out=array))
 
     std_maps, n_members = result.std, int(result.n_members)
+    expected_dice = predicted_dice(result.mean_probabilities, label_names)  # on the plan grid, one class at a time
     maps = maps_on_grid(result.mean_probabilities, result.mean_entropy, resize)
     del result  # the plan grid's mean probabilities are freed here when the caller holds no reference
     if outputs.maps is not None:
@@ -178,7 +182,7 @@ def write_case_outputs(
         from carve.prediction.postprocess import apply_postprocessing
 
         labels = apply_postprocessing(labels, postprocessing)
-    row = {"case": case, "members": n_members, **{k: float(v) for k, v in scores.items()}}
+    row = {"case": case, "members": n_members, **{k: float(v) for k, v in (scores | expected_dice).items()}}
     atomic_write_text(outputs.scores, pd.DataFrame([row]).to_csv(sep="\t", index=False))
     write_own(outputs.labels, labels)
     counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)}
