@@ -137,3 +137,10 @@ def test_learning_curve_drops_sizes_that_leave_no_case_out(data: Path) -> None:
 def test_a_missing_bundle_is_one_clear_error(data: Path) -> None:
     with pytest.raises(ConfigError, match="nowhere"):
         resolve_run({"cases": str(data), "bundle": str(data / "nowhere")})
+
+
+def test_a_label_named_like_the_mean_over_labels_is_refused(data: Path) -> None:
+    base = {"cases": sheet(data / "s.tsv", train_rows()), "folds": 3}
+    with pytest.raises(ConfigError, match="1: foreground is a reserved name"):
+        resolve_run({**base, "labels": {1: "foreground", 2: "lesion"}})
+    assert resolve_run({**base, "labels": {1: "foreground_lesion"}}).labels == {1: "foreground_lesion"}

@@ -326,6 +326,9 @@ class Run:
         return out + ([f"{r}/manifest.json"] if manifest else [])
 
 
+RESERVED_LABEL_NAMES = ("foreground", "mean_foreground")  # per-label columns beside the mean over labels
+
+
 # ---- resolution ------------------------------------------------------------------------------------------------
 def _load_bundle(config: dict) -> Bundle | None:
     """Inference mode: ``bundle`` names a trained model folder; its labels and channels are the run's."""
@@ -476,6 +479,12 @@ def resolve_run(
     labels = {int(k): v for k, v in config["labels"].items()}
     if len(set(labels.values())) != len(labels):
         raise ConfigError(f"config labels: names must be unique (they name files and columns), got {labels}")
+    reserved = [f"{k}: {v}" for k, v in labels.items() if v.lower() in RESERVED_LABEL_NAMES]
+    if reserved:
+        raise ConfigError(
+            f"config labels: {', '.join(reserved)} is a reserved name (the scores and metrics call the mean over "
+            f"the labels '{RESERVED_LABEL_NAMES[0]}'); rename it"
+        )
     channels = [c["name"] for c in config.get("channels") or []]
     cases = _cases(config, channels, datasets, bundle, validate)
     run = Run(config, labels, datasets, {c.case: c for c in cases}, bundle, None, user_predict)
