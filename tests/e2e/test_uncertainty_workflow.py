@@ -45,6 +45,9 @@ def test_every_case_has_its_maps_on_its_own_grid(results):
         predicted = [scores[f"predicted_dice_{name}"] for name in LABELS.values()]  # higher = safer
         assert all(0 <= d <= 1 for d in predicted)
         assert scores["predicted_dice_foreground"] == pytest.approx(np.mean(predicted))
+        agreement = [scores[f"pairwise_dice_{name}"] for name in LABELS.values()]  # between the members' maps
+        assert all(0 <= a <= 1 for a in agreement)
+        assert scores["pairwise_dice_foreground"] == pytest.approx(np.mean(agreement))
 
 
 def test_postprocessing_is_decided_on_raw_cv_and_applied_to_every_prediction(results):
@@ -84,6 +87,7 @@ def test_assessment_tables_and_figure(results):
     assert "predicted_dice_foreground" in set(correlation["score"])
     failures = pd.read_csv(results / "assessment" / "failure_detection.tsv", sep="\t")
     assert {"mean_normalised_entropy", "predicted_dice_foreground", "predicted_dice_lobe"} <= set(failures["score"])
+    assert {"pairwise_dice_foreground", "pairwise_dice_organ"} <= set(failures["score"])
     assert "members" not in set(failures["score"]) and "foreground_voxels" not in set(failures["score"])
     assert failures["aurc"].dropna().is_monotonic_increasing  # best first
     nonempty_cv = sum(

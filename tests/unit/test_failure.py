@@ -284,3 +284,18 @@ def test_curves_and_figure() -> None:
     assert list(ax.get_lines()[3].get_ydata()) == [RANDOM, RANDOM]
     assert "coverage" in ax.get_xlabel() and "1 - Dice" in ax.get_ylabel()
     assert ax.get_title() == "cv"
+
+
+def test_member_agreement_is_undefined_for_one_member() -> None:
+    from carve.evaluation.failure import member_agreement
+
+    one = np.zeros((2, 3, 3), np.uint8)
+    one[0, :2, :2] = 1
+    single = member_agreement([one], {1: "organ", 2: "lobe"})
+    assert list(single) == ["pairwise_dice_organ", "pairwise_dice_lobe", "pairwise_dice_foreground"]
+    assert all(np.isnan(v) for v in single.values())
+    other = one.copy()
+    other[0, 0, 0] = 0  # 3 of 4 voxels: Dice 2 * 3 / (4 + 3)
+    pair = member_agreement([one, other], {1: "organ", 2: "lobe"})
+    assert pair["pairwise_dice_organ"] == pytest.approx(6 / 7) and pair["pairwise_dice_lobe"] == 1.0
+    assert pair["pairwise_dice_foreground"] == pytest.approx((6 / 7 + 1) / 2)

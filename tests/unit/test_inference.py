@@ -174,6 +174,15 @@ def test_disagreeing_models_have_std_where_they_disagree() -> None:
     np.testing.assert_allclose(result.mean_entropy, 0.0, atol=1e-5)  # each member is confident
 
 
+def test_member_label_maps_are_each_members_argmax() -> None:
+    image, _ = one_hot_image((6, 7, 8), seed=5)
+    result = run([Constant(1), Constant(2)], image, mirror_axes=(2,), member_labels=True)
+    assert [m.dtype for m in result.member_labels] == [np.uint8] * 4
+    assert [int(np.unique(m)[0]) for m in result.member_labels] == [1, 1, 2, 2]  # model-major, flips inside
+    assert all(m.shape == (6, 7, 8) for m in result.member_labels)
+    assert run([Constant(1)], image).member_labels == ()  # off by default
+
+
 def test_std_matches_explicit_members() -> None:
     """Running (Welford) statistics equal those of stored member maps."""
     image, _ = one_hot_image((5, 9, 7), seed=6)
@@ -322,6 +331,10 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
     expected = [rows[0][f"predicted_dice_{name}"] for name in ("organ", "vessel")]  # plan grid, higher = safer
     assert all(0.0 <= d <= 1.0 for d in expected)
     assert rows[0]["predicted_dice_foreground"] == pytest.approx(np.mean(expected))
+    agreement = [rows[0][f"pairwise_dice_{name}"] for name in ("organ", "vessel")]  # 8 members' label maps
+    assert all(0.0 <= a <= 1.0 for a in agreement) and rows[0]["pairwise_dice_foreground"] == pytest.approx(
+        np.mean(agreement)
+    )
     np.testing.assert_array_equal(labels[1], apply_postprocessing(labels[0], plan))
     assert 0 in labels[0] and len(np.unique(labels[0])) > 1 and labels[0].max() <= 2
 

@@ -145,6 +145,17 @@ def pairwise_member_dice(
     return scores
 
 
+def member_agreement(member_labels: Sequence[np.ndarray], label_names: Mapping[int, str]) -> dict[str, float]:
+    """:func:`pairwise_member_dice` of a case's members for the labels of ``label_names``; every value NaN when
+    there are fewer than two members (a cross-validation case predicted by one fold without flips or
+    projections: agreement is undefined there, not perfect)."""
+    values = sorted(int(k) for k in label_names)
+    if len(member_labels) < 2:
+        keys = [f"pairwise_dice_{_label_name(k, label_names)}" for k in values] + ["pairwise_dice_foreground"]
+        return dict.fromkeys(keys, float("nan"))
+    return pairwise_member_dice(member_labels, values, label_names)
+
+
 def predicted_dice(mean_probabilities: np.ndarray, label_names: Mapping[int, str] | None = None) -> dict[str, float]:
     """Soft Dice between each label's mean probability map and the argmax: the Dice the ensemble expects.
 

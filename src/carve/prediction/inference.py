@@ -47,6 +47,7 @@ class EnsembleResult:
     mean_entropy: np.ndarray  # (z, y, x) float32, nats: mean over members of each member's entropy
     std: np.ndarray  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
     n_members: int
+    member_labels: tuple[np.ndarray, ...] = ()  # (z, y, x) uint8 argmax of each member, with member_labels=True
 
 
 class Projection(Protocol):
@@ -221,6 +222,7 @@ def sliding_window_probabilities(
     pad_value: float | None = None,
     sigma_scale: float = 1.0 / 8.0,
     projections: Sequence[Projection] = (),
+    member_labels: bool = False,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -231,7 +233,9 @@ def sliding_window_probabilities(
     to bound memory. ``pad_value=None`` pads small volumes with each channel's minimum. Every projection in
     ``projections`` adds a view of the image: it is projected once, every model and mirroring predicts it, and
     each member's probabilities are unprojected before they join the statistics. See the module docstring for
-    the definitions of the returned statistics.
+    the definitions of the returned statistics. With ``member_labels`` each member's argmax label map (uint8,
+    one volume per member) is kept too, for the agreement between members
+    (:func:`carve.evaluation.failure.pairwise_member_dice`).
 
     Memory beyond the image: three ``n_classes x volume`` buffers (the member being predicted, the running
     mean and the running sum of squared deviations) and two volumes (summed window weights and entropy), all
@@ -270,6 +274,7 @@ def sliding_window_probabilities(
 
     models = [model.to(device).eval() for model in models]
     n_members = 0
+    labels_of_members: list[np.ndarray] = []
     crop: tuple = ()
     for view in (None, *projections):
         padded, crop = _pad_image(image if view is None else view.project(image), patch, pad_value)
@@ -285,6 +290,8 @@ def sliding_window_probabilities(
                 if view is not None:
                     _unproject(view, member, crop)
                 n_members += 1
+                if member_labels:
+                    labels_of_members.append(member.argmax(0).to(torch.uint8).cpu().numpy())
                 _add_entropy(member, entropy_sum)
                 member -= mean  # member now holds delta = p - old mean
                 mean.add_(member, alpha=1.0 / n_members)
@@ -307,4 +314,5 @@ def sliding_window_probabilities(
         mean_entropy=to_numpy(entropy_sum[crop], torch.float32),
         std=to_numpy(std[full], out_dtype),
         n_members=n_members,
+        member_labels=tuple(np.ascontiguousarray(m[crop]) for m in labels_of_members),
     )

@@ -124,6 +124,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         accumulate_dtype=torch.float16 if options.half_precision else torch.float32,
         half_precision_output=options.half_precision,
         projections=radial_projections(options.projections, options.projection_gamma),
+        member_labels=True,
     )
 
 
@@ -142,7 +143,7 @@ def write_case_outputs(
     ``shape`` and ``geometry`` are the grid the result is resized to; with ``orientation`` (the
     :class:`~carve.imaging.orientation.Reorientation` of the case and its own geometry) that grid is the canonical one
     and every written array goes back to the case's own axis order and geometry."""
-    from carve.evaluation.failure import predicted_dice
+    from carve.evaluation.failure import member_agreement, predicted_dice
     from carve.prediction.uncertainty import maps_on_grid, scores_on_grid
 
     shape = tuple(int(s) for s in shape)
@@ -161,6 +162,7 @@ def write_case_outputs(
 
     std_maps, n_members = result.std, int(result.n_members)
     expected_dice = predicted_dice(result.mean_probabilities, label_names)  # on the plan grid, one class at a time
+    expected_dice |= member_agreement(result.member_labels, label_names)  # NaN with fewer than two members
     maps = maps_on_grid(result.mean_probabilities, result.mean_entropy, resize)
     del result  # the plan grid's mean probabilities are freed here when the caller holds no reference
     if outputs.maps is not None:
