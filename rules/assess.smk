@@ -81,8 +81,10 @@ rule review_cases:
     input:
         scores=[f"{R}/uncertainty/{c}.tsv" for c in CASES],
         cases=f"{R}/metrics/cases.tsv",
+        failures=f"{R}/assessment/failure_detection.tsv",
     output:
         review=f"{R}/assessment/review.tsv",
+        choice=f"{R}/assessment/review_score.json",
     log:
         f"{R}/logs/review_cases/review_cases.log",
     benchmark:

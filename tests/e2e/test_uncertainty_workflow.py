@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from carve.evaluation.failure import score_direction
 from carve.imaging.io import read_image
 from carve.prediction.postprocess import apply_postprocessing, dice, load_postprocessing
 
@@ -98,6 +99,15 @@ def test_assessment_tables_and_figure(results):
     review = pd.read_csv(results / "assessment" / "review.tsv", sep="\t")
     assert sorted(review["case"]) == sorted(TRAIN + TEST) and list(review["rank"]) == list(range(1, 7))
     assert set(review.loc[review["case"].isin(TEST), "set"]) == {"test"}
-    nonempty = review[review["foreground_voxels"] > 0]
-    assert nonempty["mean_normalised_entropy"].is_monotonic_decreasing
+    choice = json.loads((results / "assessment" / "review_score.json").read_text())  # predict.review_score: auto
+    score = choice["score"]
+    assert score in review.columns and score in set(failures["score"])
+    if "aurc" in choice:  # the candidate every case has with the lowest AURC on the cross-validation
+        assert choice["aurc"] == failures.set_index("score").loc[choice["candidates"], "aurc"].min()
+    nonempty = review[review["foreground_voxels"] > 0][score]
+    assert (
+        nonempty.is_monotonic_decreasing
+        if score_direction(score) == "higher_is_riskier"
+        else nonempty.is_monotonic_increasing
+    )
     assert review["review"].any()  # at least the highest-scoring quarter of the cross-validation cases

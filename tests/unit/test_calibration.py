@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,6 +214,53 @@ def test_review_list_flags_high_scores_and_empty_predictions() -> None:
         review_list(scores, ["cv1"], dice, "nope", 0.75)
 
 
+def test_review_list_reads_an_agreement_score_the_other_way_round() -> None:
+    scores = pd.DataFrame(
+        {
+            "case": ["cv1", "cv2", "cv3", "cv4", "t1", "t2"],
+            "predicted_dice_foreground": [0.9, 0.8, 0.7, 0.6, 0.65, np.nan],
+            "foreground_voxels": [5, 5, 5, 5, 5, 5],
+        }
+    )
+    dice = pd.Series({"cv1": 0.9, "cv2": 0.8, "cv3": 0.7, "cv4": 0.5})
+    table = review_list(scores, ["cv1", "cv2", "cv3", "cv4"], dice, "predicted_dice_foreground", 0.75)
+    assert list(table["case"]) == ["cv4", "t1", "cv3", "cv2", "cv1", "t2"]  # lowest predicted Dice first, NaN last
+    threshold = -np.quantile([-0.9, -0.8, -0.7, -0.6], 0.75)  # 0.675 in the score's units
+    assert table["threshold"].iloc[0] == pytest.approx(threshold)
+    row = table.set_index("case")
+    assert set(table.loc[table["review"], "case"]) == {"cv4", "t1"} and row.loc["t1", "reason"].endswith("<= threshold")
+    assert not row.loc["t2", "review"] and np.isnan(row.loc["t2", "cv_percentile"])
+
+
+def test_the_review_score_is_chosen_by_the_cross_validation() -> None:
+    from carve.evaluation.calibration import choose_review_score
+
+    failures = pd.DataFrame(
+        {
+            "score": ["pairwise_dice_foreground", "predicted_dice_foreground", "mean_normalised_entropy"],
+            "aurc": [0.10, 0.12, 0.15],
+            "aurc_random": [0.2] * 3,
+            "aurc_optimal": [0.05] * 3,
+            "auroc": [0.9, 0.8, 0.7],
+            "cases": [8, 10, 10],
+        }
+    )
+    scores = pd.DataFrame(
+        {
+            "case": ["a", "b"],
+            "pairwise_dice_foreground": [np.nan, 0.9],  # one member on a cross-validation case: not every case has it
+            "predicted_dice_foreground": [0.8, 0.9],
+            "mean_normalised_entropy": [0.1, 0.2],
+        }
+    )
+    choice = choose_review_score(failures, scores, "auto")
+    assert choice["score"] == "predicted_dice_foreground" and choice["aurc"] == 0.12
+    assert choice["candidates"] == ["mean_normalised_entropy", "predicted_dice_foreground"]
+    assert choose_review_score(failures, scores, "mean_std_foreground")["score"] == "mean_std_foreground"
+    none = failures.assign(aurc=np.nan)
+    assert choose_review_score(none, scores, "auto")["score"] == "mean_normalised_entropy"
+
+
 def test_file_steps(tmp_path, oblique_geometry) -> None:
     cv_cases = ["c0", "c1", "c2"]
     reliability_paths, error_paths, score_paths, rows = [], [], [], []
@@ -249,9 +298,12 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
     assert outputs["risk_coverage"].read_bytes().startswith(b"\x89PNG")
     overlap = pd.read_csv(outputs["error_overlap"], sep="\t")
     assert overlap.loc[overlap["map"] == "normalised_entropy", "dice_pooled"].eq(1.0).all()
-    review = review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "mean_normalised_entropy", 0.5,
-                          tmp_path / "review.tsv")  # fmt: skip
+    review = review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "auto", 0.5, tmp_path / "review.tsv",
+                          outputs["failure_detection"], tmp_path / "review_score.json")  # fmt: skip
+    assert json.loads((tmp_path / "review_score.json").read_text())["score"] == "mean_normalised_entropy"
     assert list(review["case"]) == ["c2", "c1", "c0"] and list(review["review"]) == [True, True, False]
+    with pytest.raises(InputError, match="auto needs the failure-detection table"):
+        review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "auto", 0.5, tmp_path / "r.tsv")
     assert pd.read_csv(tmp_path / "review.tsv", sep="\t")["case"].tolist() == ["c2", "c1", "c0"]
 
 

@@ -1,4 +1,5 @@
-"""Snakemake adapter: every case ranked by its uncertainty score, the likely wrong ones flagged for review."""
+"""Snakemake adapter: every case ranked by a case score (the configured one, or with `auto` the one that detects
+failures best on the cross-validation), the likely wrong ones flagged for review."""
 
 import sys
 
@@ -17,4 +18,6 @@ run_step(
     str(snakemake.params.score),
     float(snakemake.params.quantile),
     Path(snakemake.output.review),
+    Path(snakemake.input.failures),
+    Path(snakemake.output.choice),
 )

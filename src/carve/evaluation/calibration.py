@@ -26,6 +26,7 @@ probabilities, before postprocessing), a reference and the voxel maps of :mod:`c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -268,12 +269,18 @@ def case_dice(cases: pd.DataFrame, set_name: str | None = None) -> pd.Series:
 def review_list(
     scores: pd.DataFrame, cv_cases: Sequence[str], dice: pd.Series, score: str, quantile: float
 ) -> pd.DataFrame:
-    """Every case ranked by ``score`` (highest first; empty predictions on top), with a review flag.
+    """Every case ranked by ``score`` (riskiest first; empty predictions on top), with a review flag.
 
-    A case is flagged when its prediction is empty, or when its score is at least the ``quantile`` of the
-    cross-validation cases' scores (non-empty predictions; the threshold is in the ``threshold`` column).
-    ``cv_percentile`` is the fraction of those cross-validation cases with a lower score.
+    The score is read in its direction (:func:`carve.evaluation.failure.score_direction`): an uncertainty score as
+    it is (highest first), an agreement score such as ``predicted_dice_foreground`` turned round (lowest first).
+    A case is flagged when its prediction is empty, or when its risk is at least the ``quantile`` of the
+    cross-validation cases' risks (non-empty predictions with a finite score; the threshold is in the
+    ``threshold`` column in the score's own units, compared with ``>=`` or ``<=`` as ``reason`` says).
+    ``cv_percentile`` is the fraction of those cross-validation cases with a lower risk. A case without the score
+    (NaN) is ranked last and not flagged for it.
     """
+    from carve.evaluation.failure import risk_score
+
     if score not in scores.columns:
         raise InputError(f"no score '{score}' in the uncertainty tables (have {', '.join(scores.columns[1:])})")
     if not 0.0 <= quantile <= 1.0:
@@ -281,19 +288,55 @@ def review_list(
     table = scores[["case", score, "foreground_voxels"]].copy()
     table["set"] = np.where(table["case"].isin(list(cv_cases)), "cv", "test")
     empty = table["foreground_voxels"].eq(0)
-    reference = np.sort(table.loc[table["set"].eq("cv") & ~empty, score].to_numpy(dtype=float))
+    risk = risk_score(score, table[score].to_numpy(dtype=float))
+    usable = np.isfinite(risk)
+    reference = np.sort(risk[table["set"].eq("cv").to_numpy() & ~empty.to_numpy() & usable])
     threshold = float(np.quantile(reference, quantile)) if reference.size else np.nan
-    table["cv_percentile"] = np.searchsorted(reference, table[score].to_numpy(float), side="left") / max(
-        reference.size, 1
-    )
-    table["review"] = empty | (table[score] >= threshold)
-    table["reason"] = np.where(empty, "empty prediction", np.where(table["review"], f"{score} >= threshold", ""))
-    table["threshold"] = threshold
+    table["cv_percentile"] = np.searchsorted(reference, risk, side="left") / max(reference.size, 1)
+    table.loc[~usable, "cv_percentile"] = np.nan
+    table["review"] = empty | pd.Series(usable & (risk >= threshold), index=table.index)
+    safer = score_direction(score) == "higher_is_safer"
+    compare = "<=" if safer else ">="
+    table["reason"] = np.where(empty, "empty prediction", np.where(table["review"], f"{score} {compare} threshold", ""))
+    table["threshold"] = -threshold if safer else threshold
     table = table.merge(dice.rename("mean_foreground_dice"), left_on="case", right_index=True, how="left")
-    table = table.assign(_empty=empty).sort_values(["_empty", score, "case"], ascending=[False, False, True])
+    table = table.assign(_empty=empty, _risk=np.where(usable, risk, -np.inf))
+    table = table.sort_values(["_empty", "_risk", "case"], ascending=[False, False, True])
     table.insert(0, "rank", range(1, len(table) + 1))
     columns = ["rank", "case", "set", score, "cv_percentile", "review", "reason", "threshold"]
     return table[columns + ["mean_foreground_dice", "foreground_voxels"]].reset_index(drop=True)
+
+
+REVIEW_CANDIDATES = (*SCORES, "pairwise_dice_foreground")  # case-level scores `predict.review_score: auto` picks from
+DEFAULT_REVIEW_SCORE = "mean_normalised_entropy"  # where cross-validation cannot decide
+
+
+def choose_review_score(failures: pd.DataFrame, scores: pd.DataFrame, configured: str) -> dict[str, object]:
+    """The score that ranks the review list, and why (``assessment/review_score.json``).
+
+    ``configured`` other than ``auto`` is used as it is. ``auto``: of :data:`REVIEW_CANDIDATES`, the one with the
+    lowest AURC on the run's cross-validation (``failures``: :func:`failure_detection`'s table, best first), among
+    those that every case has (finite in ``scores``), so that test cases can be ranked too; when none has an AURC
+    (too few cases, or every Dice equal), :data:`DEFAULT_REVIEW_SCORE`."""
+    if configured != "auto":
+        return {"score": configured, "chosen_by": "config (predict.review_score)"}
+    defined = {c for c in REVIEW_CANDIDATES if c in scores.columns and np.isfinite(scores[c].to_numpy(float)).all()}
+    rows = failures[failures["score"].isin(defined) & np.isfinite(failures["aurc"].to_numpy(float))]
+    if rows.empty:
+        return {
+            "score": DEFAULT_REVIEW_SCORE,
+            "chosen_by": "default: no candidate score has an AURC on the cross-validation cases",
+        }
+    best = rows.sort_values(["aurc", "auroc", "score"], ascending=[True, False, True], na_position="last").iloc[0]
+    return {
+        "score": str(best["score"]),
+        "chosen_by": "lowest AURC on the cross-validation cases (assessment/failure_detection.tsv)",
+        "aurc": float(best["aurc"]),
+        "aurc_random": float(best["aurc_random"]),
+        "aurc_optimal": float(best["aurc_optimal"]),
+        "cases": int(best["cases"]),
+        "candidates": sorted(defined),
+    }
 
 
 def reliability_figure(calibration: pd.DataFrame, bins: pd.DataFrame, overlap: pd.DataFrame) -> Figure:
@@ -395,10 +438,27 @@ def summarise_assessment_files(
 
 
 def review_files(
-    score_paths: Sequence[Path], cases_path: Path, cv_cases: Sequence[str], score: str, quantile: float, out: Path
+    score_paths: Sequence[Path],
+    cases_path: Path,
+    cv_cases: Sequence[str],
+    score: str,
+    quantile: float,
+    out: Path,
+    failures_path: Path | None = None,
+    choice_out: Path | None = None,
 ) -> pd.DataFrame:
-    """:func:`review_list` over every case's scores TSV; Dice from ``metrics/cases.tsv`` where known."""
+    """:func:`review_list` over every case's scores TSV; Dice from ``metrics/cases.tsv`` where known. ``score``
+    ``auto`` is decided by :func:`choose_review_score` on ``failures_path`` (the failure-detection table), and the
+    choice is written to ``choice_out``."""
     scores = pd.concat([pd.read_csv(p, sep="\t") for p in score_paths], ignore_index=True)
-    table = review_list(scores, cv_cases, case_dice(pd.read_csv(cases_path, sep="\t")), score, quantile)
+    if score == "auto" and failures_path is None:
+        raise InputError("predict.review_score auto needs the failure-detection table of the cross-validation")
+    failures = pd.read_csv(failures_path, sep="\t") if failures_path is not None else pd.DataFrame()
+    choice = choose_review_score(failures, scores, score) if score == "auto" else {"score": score}
+    if score != "auto":
+        choice["chosen_by"] = "config (predict.review_score)"
+    table = review_list(scores, cv_cases, case_dice(pd.read_csv(cases_path, sep="\t")), str(choice["score"]), quantile)
+    if choice_out is not None:
+        atomic_write_text(choice_out, json.dumps(choice, indent=2) + "\n")
     _write(out, table)
     return table

@@ -32,6 +32,7 @@ ASSESSMENT_FILES = (
     "assessment/score_correlation.tsv",
     "assessment/failure_detection.tsv",
     "assessment/review.tsv",
+    "assessment/review_score.json",
     "report/reliability.png",
     "report/risk_coverage.png",
 )
