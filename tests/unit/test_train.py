@@ -124,6 +124,21 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path) -> None:
     assert len(rows) == 1 and rows[0].split("\t")[1] == "10"
 
 
+def test_a_fold_resumed_from_its_final_checkpoint_writes_every_file(tmp_path) -> None:
+    first = _weights(train_fold(TRAIN, VAL, _config(epochs=None, iterations=12), tmp_path))
+    for name in ("model.pt", "curves.tsv", "curves.png"):  # killed after the last checkpoint, outputs removed
+        (tmp_path / name).unlink()
+    again = _weights(train_fold(TRAIN, VAL, _config(epochs=None, iterations=12), tmp_path))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("model.pt", "curves.tsv", "curves.png"))
+
+
+def test_another_count_of_iterations_starts_afresh(tmp_path) -> None:
+    train_fold(TRAIN, [], _config(epochs=None, iterations=12), tmp_path)
+    path = train_fold(TRAIN, [], _config(epochs=None, iterations=5), tmp_path)  # a user's edit of the plans' count
+    assert load_model(path)[1]["iterations"] == 5
+
+
 def test_time_budget_stops_training(tmp_path) -> None:
     config = _config(epochs=None, time_budget_min=0.02, iterations_per_epoch=1000)  # one epoch spans the budget
     path = train_fold(TRAIN, VAL, config, tmp_path)

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("carve.training.train")
 CHECKPOINT_VERSION = 1
 LOG_EVERY_S = 30.0
-# Fields that may change between a killed run and its resumption.
-RESUMABLE_CHANGES = ("iterations", "epochs", "time_budget_min", "checkpoint_every_min")
+# Fields that may change between a killed run and its resumption. Not the count of iterations (``iterations``,
+# ``epochs``): the schedule runs over it, so another count is another training, started afresh.
+RESUMABLE_CHANGES = ("time_budget_min", "checkpoint_every_min")
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,7 @@ def train_fold(
             last_ckpt = time.monotonic()
     if val_cases and rows and np.isnan(rows[-1][5:]).all():  # the last epoch skipped validation
         rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes)
+    if rows:  # always: a fold resumed from its final checkpoint (killed before model.pt) writes them too
         _write_curves(out_dir, rows, n_classes)
     if not ckpt_path.exists() or not rows or rows[-1][1] != iteration:
         save_checkpoint()
