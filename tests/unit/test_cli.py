@@ -470,6 +470,19 @@ def test_verify_results_folder_elsewhere(manifest, tmp_path, capsys):
     assert "missing  output predictions/a.nii.gz" in capsys.readouterr().out
 
 
+def test_verify_against_another_run_names_the_first_difference(manifest, tmp_path, capsys):
+    import json
+
+    other = json.loads(manifest.read_text())
+    other["config"]["seed"] = 3
+    other["training"] = {"plan": {"iterations": 600}, "models": {}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert cli.main(["verify", str(manifest), "--against", str(tmp_path / "other.json")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("first difference: config   seed: absent | 3") and "training plan.iterations" in out
+    assert cli.main(["verify", str(manifest), "--against", str(manifest)]) == 0
+
+
 def test_verify_not_a_manifest(tmp_path, capsys):
     (tmp_path / "m.json").write_text("{}")
     assert cli.main(["verify", str(tmp_path / "m.json")]) == 2
