@@ -41,6 +41,7 @@ from carve.evaluation.failure import (
     failure_detection_table,
     risk_coverage_curves,
     risk_coverage_figure,
+    risk_score,
     score_columns,
     score_direction,
 )
@@ -279,8 +280,6 @@ def review_list(
     ``cv_percentile`` is the fraction of those cross-validation cases with a lower risk. A case without the score
     (NaN) is ranked last and not flagged for it.
     """
-    from carve.evaluation.failure import risk_score
-
     if score not in scores.columns:
         raise InputError(f"no score '{score}' in the uncertainty tables (have {', '.join(scores.columns[1:])})")
     if not 0.0 <= quantile <= 1.0:
@@ -454,9 +453,7 @@ def review_files(
     if score == "auto" and failures_path is None:
         raise InputError("predict.review_score auto needs the failure-detection table of the cross-validation")
     failures = pd.read_csv(failures_path, sep="\t") if failures_path is not None else pd.DataFrame()
-    choice = choose_review_score(failures, scores, score) if score == "auto" else {"score": score}
-    if score != "auto":
-        choice["chosen_by"] = "config (predict.review_score)"
+    choice = choose_review_score(failures, scores, score)
     table = review_list(scores, cv_cases, case_dice(pd.read_csv(cases_path, sep="\t")), str(choice["score"]), quantile)
     if choice_out is not None:
         atomic_write_text(choice_out, json.dumps(choice, indent=2) + "\n")

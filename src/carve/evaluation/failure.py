@@ -151,7 +151,7 @@ def member_agreement(member_labels: Sequence[np.ndarray], label_names: Mapping[i
     projections: agreement is undefined there, not perfect)."""
     values = sorted(int(k) for k in label_names)
     if len(member_labels) < 2:
-        keys = [f"pairwise_dice_{_label_name(k, label_names)}" for k in values] + ["pairwise_dice_foreground"]
+        keys = [f"pairwise_dice_{name}" for name in (*_key_names(values, label_names), "foreground")]
         return dict.fromkeys(keys, float("nan"))
     return pairwise_member_dice(member_labels, values, label_names)
 
