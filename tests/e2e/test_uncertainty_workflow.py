@@ -49,6 +49,11 @@ def test_every_case_has_its_maps_on_its_own_grid(results):
         agreement = [scores[f"pairwise_dice_{name}"] for name in LABELS.values()]  # between the members' maps
         assert all(0 <= a <= 1 for a in agreement)
         assert scores["pairwise_dice_foreground"] == pytest.approx(np.mean(agreement))
+        own = [scores[f"member_predicted_dice_{name}"] for name in LABELS.values()]  # mean of each member's own
+        assert all(0 <= d <= 1 for d in own) and scores["member_predicted_dice_foreground"] == pytest.approx(
+            np.mean(own)
+        )
+        assert 0 <= scores["mean_member_entropy"] <= scores["mean_normalised_entropy"] + 1e-6
 
 
 def test_postprocessing_is_decided_on_raw_cv_and_applied_to_every_prediction(results):
@@ -101,6 +106,7 @@ def test_assessment_tables_and_figure(results):
     assert set(review.loc[review["case"].isin(TEST), "set"]) == {"test"}
     choice = json.loads((results / "assessment" / "review_score.json").read_text())  # predict.review_score: auto
     score = choice["score"]
+    assert score in {"mean_member_entropy", "member_predicted_dice_foreground"}  # the same on cv and test cases
     assert score in review.columns and score in set(failures["score"])
     if "aurc" in choice:  # the candidate every case has with the lowest AURC on the cross-validation
         assert choice["aurc"] == failures.set_index("score").loc[choice["candidates"], "aurc"].min()

@@ -237,28 +237,37 @@ def test_the_review_score_is_chosen_by_the_cross_validation() -> None:
 
     failures = pd.DataFrame(
         {
-            "score": ["pairwise_dice_foreground", "predicted_dice_foreground", "mean_normalised_entropy"],
-            "aurc": [0.10, 0.12, 0.15],
-            "aurc_random": [0.2] * 3,
-            "aurc_optimal": [0.05] * 3,
-            "auroc": [0.9, 0.8, 0.7],
-            "cases": [8, 10, 10],
+            "score": [
+                "pairwise_dice_foreground",
+                "mean_normalised_entropy",
+                "member_predicted_dice_foreground",
+                "mean_member_entropy",
+            ],
+            "aurc": [0.10, 0.11, 0.12, 0.15],
+            "aurc_random": [0.2] * 4,
+            "aurc_optimal": [0.05] * 4,
+            "auroc": [0.9, 0.85, 0.8, 0.7],
+            "cases": [8, 10, 10, 10],
         }
     )
     scores = pd.DataFrame(
         {
             "case": ["a", "b"],
             "pairwise_dice_foreground": [np.nan, 0.9],  # one member on a cross-validation case: not every case has it
-            "predicted_dice_foreground": [0.8, 0.9],
-            "mean_normalised_entropy": [0.1, 0.2],
+            "mean_normalised_entropy": [0.1, 0.2],  # the ensemble's: shifts with the number of members
+            "member_predicted_dice_foreground": [0.8, 0.9],
+            "mean_member_entropy": [0.1, 0.2],
         }
     )
     choice = choose_review_score(failures, scores, "auto")
-    assert choice["score"] == "predicted_dice_foreground" and choice["aurc"] == 0.12
-    assert choice["candidates"] == ["mean_normalised_entropy", "predicted_dice_foreground"]
+    # the best of the scores whose meaning does not depend on the number of members, not the best overall
+    assert choice["score"] == "member_predicted_dice_foreground" and choice["aurc"] == 0.12
+    assert choice["candidates"] == ["mean_member_entropy", "member_predicted_dice_foreground"]
     assert choose_review_score(failures, scores, "mean_std_foreground")["score"] == "mean_std_foreground"
     none = failures.assign(aurc=np.nan)
-    assert choose_review_score(none, scores, "auto")["score"] == "mean_normalised_entropy"
+    assert choose_review_score(none, scores, "auto")["score"] == "mean_member_entropy"
+    lacking = scores.assign(member_predicted_dice_foreground=[np.nan, 0.9])
+    assert choose_review_score(failures, lacking, "auto")["score"] == "mean_member_entropy"
 
 
 def test_file_steps(tmp_path, oblique_geometry) -> None:
@@ -276,7 +285,9 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
         assess_case_files(paths["pred"], paths["ref"], paths["conf"], paths["entropy"], paths["mi"], 2,
                           reliability_paths[-1], error_paths[-1])  # fmt: skip
         score_paths.append(tmp_path / f"{case}.tsv")
-        score = {"case": case, "mean_normalised_entropy": 0.1 * (i + 1), "foreground_voxels": 5.0}
+        entropy_score = 0.1 * (i + 1)  # one member per cross-validation case: the member entropy is the same
+        score = {"case": case, "mean_normalised_entropy": entropy_score, "mean_member_entropy": entropy_score}
+        score["foreground_voxels"] = 5.0
         pd.DataFrame([score]).to_csv(score_paths[-1], sep="\t", index=False)
         rows += [{"case": case, "set": "cv", "label": "a", "dice": 0.9 - 0.2 * i}]
     pd.DataFrame(rows).to_csv(tmp_path / "cases.tsv", sep="\t", index=False)
@@ -292,7 +303,7 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
     rho = pd.read_csv(outputs["score_correlation"], sep="\t").set_index("score")
     assert rho.loc["mean_normalised_entropy", "spearman_rho"] == pytest.approx(-1.0)
     failures = pd.read_csv(outputs["failure_detection"], sep="\t").set_index("score")
-    assert list(failures.index) == ["mean_normalised_entropy"]  # ranks Dice 0.9, 0.7, 0.5 perfectly
+    assert sorted(failures.index) == ["mean_member_entropy", "mean_normalised_entropy"]  # rank 0.9, 0.7, 0.5 perfectly
     assert failures.loc["mean_normalised_entropy", "gap_closed"] == pytest.approx(1.0)
     assert failures.loc["mean_normalised_entropy", "failures"] == 1  # Dice 0.5 < 0.6
     assert outputs["risk_coverage"].read_bytes().startswith(b"\x89PNG")
@@ -300,7 +311,7 @@ def test_file_steps(tmp_path, oblique_geometry) -> None:
     assert overlap.loc[overlap["map"] == "normalised_entropy", "dice_pooled"].eq(1.0).all()
     review = review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "auto", 0.5, tmp_path / "review.tsv",
                           outputs["failure_detection"], tmp_path / "review_score.json")  # fmt: skip
-    assert json.loads((tmp_path / "review_score.json").read_text())["score"] == "mean_normalised_entropy"
+    assert json.loads((tmp_path / "review_score.json").read_text())["score"] == "mean_member_entropy"
     assert list(review["case"]) == ["c2", "c1", "c0"] and list(review["review"]) == [True, True, False]
     with pytest.raises(InputError, match="auto needs the failure-detection table"):
         review_files(score_paths, tmp_path / "cases.tsv", cv_cases, "auto", 0.5, tmp_path / "r.tsv")

@@ -15,6 +15,7 @@ from carve.evaluation.failure import (
     failure_auroc,
     failure_detection_table,
     gap_closed,
+    member_mean_predicted_dice,
     pairwise_member_dice,
     predicted_dice,
     risk_coverage_curve,
@@ -80,6 +81,20 @@ def test_predicted_dice_of_a_one_hot_map_is_one() -> None:
         "predicted_dice_label_3": 1.0,
         "predicted_dice_foreground": 1.0,
     }
+
+
+def test_member_predicted_dice_is_the_mean_of_each_members_own() -> None:
+    confident = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32).reshape(2, 1, 1, 2)  # predicted Dice 1
+    unsure = np.array([[0.25, 0.75], [0.75, 0.25]], np.float32).reshape(2, 1, 1, 2)  # 0.75 (hand example below)
+    members = [predicted_dice(p, {1: "liver"}) for p in (confident, unsure)]
+    scores = member_mean_predicted_dice(members)
+    assert scores == {"member_predicted_dice_liver": 0.875, "member_predicted_dice_foreground": 0.875}
+    one = member_mean_predicted_dice(members[1:])
+    assert one["member_predicted_dice_foreground"] == members[1]["predicted_dice_foreground"]  # one member: the same
+    assert member_mean_predicted_dice([]) == {}
+    assert score_direction("member_predicted_dice_foreground") == "higher_is_safer"
+    with pytest.raises(ValueError, match="same keys"):
+        member_mean_predicted_dice([members[0], predicted_dice(unsure)])
 
 
 def test_predicted_dice_hand_examples() -> None:

@@ -183,6 +183,20 @@ def test_member_label_maps_are_each_members_argmax() -> None:
     assert run([Constant(1)], image).member_labels == ()  # off by default
 
 
+def test_member_statistic_sees_each_members_probabilities() -> None:
+    image, _ = one_hot_image((6, 7, 3), seed=5)  # smaller than the patch along x: padded, then cropped back
+    torch.manual_seed(0)
+    models = [nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1) for _ in range(2)]
+    result = run(models, image, mirror_axes=(2,), member_statistic=lambda p: p.copy())
+    members = np.stack(result.member_statistics)
+    assert members.shape == (4, N_CLASSES, 6, 7, 3) and result.n_members == 4
+    np.testing.assert_allclose(members.sum(1), 1.0, atol=1e-5)  # each member's probabilities, not the running mean
+    np.testing.assert_allclose(members.mean(0), result.mean_probabilities, atol=1e-6)
+    alone = run(models[:1], image, member_statistic=lambda p: p.copy())
+    np.testing.assert_allclose(alone.member_statistics[0], alone.mean_probabilities, atol=1e-6)
+    assert run(models[:1], image).member_statistics == ()  # none asked
+
+
 def test_std_matches_explicit_members() -> None:
     """Running (Welford) statistics equal those of stored member maps."""
     image, _ = one_hot_image((5, 9, 7), seed=6)
@@ -337,6 +351,21 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
     )
     np.testing.assert_array_equal(labels[1], apply_postprocessing(labels[0], plan))
     assert 0 in labels[0] and len(np.unique(labels[0])) > 1 and labels[0].max() <= 2
+    own = [rows[0][f"member_predicted_dice_{name}"] for name in ("organ", "vessel")]  # mean of 8 members' own
+    assert all(0.0 <= d <= 1.0 for d in own) and rows[0]["member_predicted_dice_foreground"] == pytest.approx(
+        np.mean(own)
+    )
+    assert 0.0 <= rows[0]["mean_member_entropy"] <= rows[0]["mean_normalised_entropy"]  # entropy of a mean is larger
+    out = [tmp_path / "one" / f for f in ("labels.nii.gz", "entropy.nii.gz", "scores.tsv")]
+    own_grid = {"mirror_axes": [], "target_spacing_mm": list(oblique_geometry.spacing_mm)}  # no resampling
+    one = predict_case("c", tmp_path / "image.nii.gz", models[:1], plans | own_grid, *out)
+    assert one["members"] == 1  # as a cross-validation case: the member scores are the ensemble's
+    assert one["member_predicted_dice_foreground"] == pytest.approx(one["predicted_dice_foreground"], abs=1e-6)
+    assert one["mean_member_entropy"] == pytest.approx(one["mean_normalised_entropy"], abs=1e-4)
+    # on another grid, interpolating the member's probabilities raises their entropy (it is concave), while the
+    # member entropy is interpolated as it is: the ensemble's entropy is then larger even for one member
+    one = predict_case("c", tmp_path / "image.nii.gz", models[:1], plans | {"mirror_axes": []}, *out)
+    assert one["mean_member_entropy"] < one["mean_normalised_entropy"]
 
     maps = {n: read_image(tmp_path / "raw" / "maps" / f"{n}.nii.gz") for n in map_names({1: "organ", 2: "vessel"})}
     maps["entropy"] = read_image(tmp_path / "raw" / "entropy.nii.gz")

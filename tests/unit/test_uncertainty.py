@@ -88,6 +88,11 @@ def test_case_scores_known_values() -> None:
     assert scores["uncertain_foreground_fraction"] == pytest.approx(0.25)
     assert scores["mean_std_liver"] == pytest.approx(0.2)
     assert scores["mean_std_foreground"] == pytest.approx(0.2)
+    # the members were certain (mean entropy 0): all of the entropy is disagreement, none is the members'
+    assert scores["mean_member_entropy"] == pytest.approx(0.0, abs=1e-7)
+    one_member = case_uncertainty_scores(p, predictive_entropy(p), std, labels)  # its entropy is the ensemble's
+    assert one_member["mean_member_entropy"] == pytest.approx(one_member["mean_normalised_entropy"])
+    assert one_member["mean_mutual_information"] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_case_scores_on_empty_prediction_are_defined() -> None:

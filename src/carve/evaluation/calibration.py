@@ -45,7 +45,7 @@ from carve.evaluation.failure import (
     score_columns,
     score_direction,
 )
-from carve.evaluation.report import plot_style, save_png, spearman
+from carve.evaluation.report import UNCERTAINTY_SCORES, plot_style, save_png, spearman
 from carve.imaging.io import atomic_write_text, read_image
 
 RELIABILITY_BINS = 10
@@ -56,13 +56,7 @@ MAPS = ("normalised_entropy", "mutual_information", "one_minus_confidence")
 CONFIDENCE_SCALE = 255  # confidence maps are uint8: round(255 * p)
 RELIABILITY_COLUMNS = ["region", "lower", "upper", "voxels", "confidence_sum", "correct"]
 ERROR_COLUMNS = ["map", "threshold", "uncertain_voxels", "error_voxels", "overlap_voxels", "dice"]
-SCORES = (
-    "mean_normalised_entropy",
-    "mean_mutual_information",
-    "uncertain_foreground_fraction",
-    "mean_std_foreground",
-    "predicted_dice_foreground",
-)
+SCORES = UNCERTAINTY_SCORES  # the case scores correlated with Dice
 RISK_COVERAGE_CURVES = 3  # scores drawn in the risk-coverage figure: the best by AURC
 
 
@@ -306,8 +300,12 @@ def review_list(
     return table[columns + ["mean_foreground_dice", "foreground_voxels"]].reset_index(drop=True)
 
 
-REVIEW_CANDIDATES = (*SCORES, "pairwise_dice_foreground")  # case-level scores `predict.review_score: auto` picks from
-DEFAULT_REVIEW_SCORE = "mean_normalised_entropy"  # where cross-validation cannot decide
+# The case-level scores `predict.review_score: auto` picks from: those whose expectation does not depend on the number
+# of members, so that a score measured on cross-validation cases (one fold's members) means the same on a test case
+# (every fold's). The ensemble's own scores (entropy of the mean, mutual information, std, pairwise Dice, predicted
+# Dice of the mean) shift with the number of members and are measured, not chosen (docs/uncertainty.md).
+REVIEW_CANDIDATES = ("mean_member_entropy", "member_predicted_dice_foreground")
+DEFAULT_REVIEW_SCORE = "mean_member_entropy"  # where cross-validation cannot decide
 
 
 def choose_review_score(failures: pd.DataFrame, scores: pd.DataFrame, configured: str) -> dict[str, object]:
@@ -315,8 +313,8 @@ def choose_review_score(failures: pd.DataFrame, scores: pd.DataFrame, configured
 
     ``configured`` other than ``auto`` is used as it is. ``auto``: of :data:`REVIEW_CANDIDATES`, the one with the
     lowest AURC on the run's cross-validation (``failures``: :func:`failure_detection`'s table, best first), among
-    those that every case has (finite in ``scores``), so that test cases can be ranked too; when none has an AURC
-    (too few cases, or every Dice equal), :data:`DEFAULT_REVIEW_SCORE`."""
+    those that every case has (finite in ``scores``), so that test cases are ranked on the same scale; when none has
+    an AURC (too few cases, or every Dice equal), :data:`DEFAULT_REVIEW_SCORE`."""
     if configured != "auto":
         return {"score": configured, "chosen_by": "config (predict.review_score)"}
     defined = {c for c in REVIEW_CANDIDATES if c in scores.columns and np.isfinite(scores[c].to_numpy(float)).all()}

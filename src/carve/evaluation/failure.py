@@ -70,7 +70,7 @@ from carve.errors import InputError
 from carve.evaluation.report import plot_style, spearman
 from carve.prediction.uncertainty import _label_name
 
-HIGHER_IS_SAFER_PREFIXES = ("pairwise_dice_", "predicted_dice_")
+HIGHER_IS_SAFER_PREFIXES = ("pairwise_dice_", "predicted_dice_", "member_predicted_dice_")
 HIGHER_IS_RISKIER = "higher_is_riskier"
 HIGHER_IS_SAFER = "higher_is_safer"
 NOT_SCORES = ("case", "members", "foreground_voxels")  # columns of the uncertainty tables that are not scores
@@ -189,6 +189,21 @@ def predicted_dice(mean_probabilities: np.ndarray, label_names: Mapping[int, str
         scores[f"predicted_dice_{name}"] = 2.0 * overlap / (mass + voxels) if mass + voxels > 0 else 1.0
     scores["predicted_dice_foreground"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def member_mean_predicted_dice(per_member: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The mean over members of each member's own :func:`predicted_dice` (keys prefixed ``member_``).
+
+    Unlike the predicted Dice of the ensemble's mean probabilities, its expectation does not depend on how many
+    members a case has: a cross-validation case (one fold's members) and a test case (every fold's) are scored
+    alike, so their values can be compared (with one member it equals ``predicted_dice``). Empty input (no
+    members recorded) gives an empty dict."""
+    if not per_member:
+        return {}
+    keys = list(per_member[0])
+    if any(list(member) != keys for member in per_member):
+        raise ValueError("every member's predicted Dice must have the same keys")
+    return {f"member_{key}": float(np.mean([member[key] for member in per_member])) for key in keys}
 
 
 def score_direction(name: str) -> str:

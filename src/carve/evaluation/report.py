@@ -34,16 +34,19 @@ from carve.imaging.io import atomic_write_bytes, atomic_write_text
 
 SEEDS_METRICS = ("precision", "recall", "accuracy", "f1", "iou", "dice")
 BOX_METRICS = ("dice", "iou", "f1", "precision", "recall", "accuracy", "nsd", "hd95_mm", "assd_mm")
-UNCERTAINTY_SCORES = (
+UNCERTAINTY_SCORES = (  # the foreground case scores of uncertainty/{case}.tsv correlated with Dice
     "mean_normalised_entropy",
+    "mean_member_entropy",
     "mean_mutual_information",
     "uncertain_foreground_fraction",
     "mean_std_foreground",
     "predicted_dice_foreground",  # an agreement score: higher = safer, a useful one has rho > 0
+    "member_predicted_dice_foreground",  # likewise
 )
 SET_ORDER = ("cv", "test")
 SET_COLOURS = {"cv": "#1f77b4", "test": "#d62728"}
 MEAN_FOREGROUND = "mean_foreground"
+FIGURE_COLUMNS = 4  # panels per row of the uncertainty-against-Dice figure
 DPI = 100
 
 
@@ -263,9 +266,13 @@ def uncertainty_against_dice(cases: pd.DataFrame, scores: pd.DataFrame) -> tuple
 def uncertainty_figure(per_case: pd.DataFrame, correlations: pd.DataFrame) -> Figure:
     """One panel per score: the case's score against its mean foreground Dice, ρ in the title."""
     n = max(len(correlations), 1)
+    columns = min(n, FIGURE_COLUMNS)
+    rows = -(-n // columns)
     with plot_style():
-        fig = Figure(figsize=(3.8 * n, 3.8), layout="constrained")
-        axes = fig.subplots(1, n, squeeze=False).ravel()
+        fig = Figure(figsize=(3.8 * columns, 3.8 * rows), layout="constrained")
+        axes = fig.subplots(rows, columns, squeeze=False).ravel()
+        for ax in axes[n:]:
+            ax.set_visible(False)
         for ax, (_, row) in zip(axes, correlations.iterrows(), strict=False):
             for set_name in _sets(per_case):
                 for empty, marker in ((False, "o"), (True, "x")):

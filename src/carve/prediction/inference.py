@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +48,7 @@ class EnsembleResult:
     std: np.ndarray  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
     n_members: int
     member_labels: tuple[np.ndarray, ...] = ()  # (z, y, x) uint8 argmax of each member, with member_labels=True
+    member_statistics: tuple[object, ...] = ()  # member_statistic(probabilities) of each member, when given
 
 
 class Projection(Protocol):
@@ -223,6 +224,7 @@ def sliding_window_probabilities(
     sigma_scale: float = 1.0 / 8.0,
     projections: Sequence[Projection] = (),
     member_labels: bool = False,
+    member_statistic: Callable[[np.ndarray], object] | None = None,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -235,7 +237,10 @@ def sliding_window_probabilities(
     each member's probabilities are unprojected before they join the statistics. See the module docstring for
     the definitions of the returned statistics. With ``member_labels`` each member's argmax label map (uint8,
     one volume per member) is kept too, for the agreement between members
-    (:func:`carve.evaluation.failure.pairwise_member_dice`).
+    (:func:`carve.evaluation.failure.pairwise_member_dice`). ``member_statistic``, when given, is called with each
+    member's ``(n_classes, z, y, x)`` probabilities (cropped to the image, after unprojection; a view of the
+    member buffer, valid only during the call) and its results are returned in order, for scores that need
+    each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
     Memory beyond the image: three ``n_classes x volume`` buffers (the member being predicted, the running
     mean and the running sum of squared deviations) and two volumes (summed window weights and entropy), all
@@ -275,6 +280,7 @@ def sliding_window_probabilities(
     models = [model.to(device).eval() for model in models]
     n_members = 0
     labels_of_members: list[np.ndarray] = []
+    statistics: list[object] = []
     crop: tuple = ()
     for view in (None, *projections):
         padded, crop = _pad_image(image if view is None else view.project(image), patch, pad_value)
@@ -292,6 +298,8 @@ def sliding_window_probabilities(
                 n_members += 1
                 if member_labels:
                     labels_of_members.append(member.argmax(0).to(torch.uint8).cpu().numpy())
+                if member_statistic is not None:
+                    statistics.append(member_statistic(member[(slice(None), *crop)].cpu().numpy()))
                 _add_entropy(member, entropy_sum)
                 member -= mean  # member now holds delta = p - old mean
                 mean.add_(member, alpha=1.0 / n_members)
@@ -315,4 +323,5 @@ def sliding_window_probabilities(
         std=to_numpy(std[full], out_dtype),
         n_members=n_members,
         member_labels=tuple(np.ascontiguousarray(m[crop]) for m in labels_of_members),
+        member_statistics=tuple(statistics),
     )

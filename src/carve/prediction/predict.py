@@ -14,7 +14,8 @@ float32
 * ``entropy``: normalised predictive entropy in [0, 1], float32 (``uncertainty/{case}.nii.gz``);
 * ``scores``: the per-case scores of :func:`carve.prediction.uncertainty.scores_on_grid`, over the raw labels, and the
   predicted Dice of :func:`carve.evaluation.failure.predicted_dice` (``predicted_dice_<label>``,
-  ``predicted_dice_foreground``: on the plan grid's mean probabilities; higher = safer), in a TSV;
+  ``predicted_dice_foreground``: on the plan grid's mean probabilities; higher = safer), the mean of each member's
+  own predicted Dice (``member_predicted_dice_*``) and the members' pairwise Dice (``pairwise_dice_*``), in a TSV;
 * in the folder ``maps``: ``mutual_information.nii.gz`` (nats, float32: disagreement between the members:
   folds, mirrorings and projections), ``confidence.nii.gz`` (the largest class probability as uint8,
   ``round(255 p)``) and one ``std_<label>.nii.gz`` per label (float32: the standard deviation across members
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,6 +111,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
     :func:`carve.prediction.inference.sliding_window_probabilities`)."""
     import torch
 
+    from carve.evaluation.failure import predicted_dice
     from carve.prediction.inference import sliding_window_probabilities
     from carve.prediction.projection import radial_projections
 
@@ -125,6 +128,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         half_precision_output=options.half_precision,
         projections=radial_projections(options.projections, options.projection_gamma),
         member_labels=True,
+        member_statistic=partial(predicted_dice, label_names=plan_label_names(plans)),  # member_predicted_dice_*
     )
 
 
@@ -143,7 +147,7 @@ def write_case_outputs(
     ``shape`` and ``geometry`` are the grid the result is resized to; with ``orientation`` (the
     :class:`~carve.imaging.orientation.Reorientation` of the case and its own geometry) that grid is the canonical one
     and every written array goes back to the case's own axis order and geometry."""
-    from carve.evaluation.failure import member_agreement, predicted_dice
+    from carve.evaluation.failure import member_agreement, member_mean_predicted_dice, predicted_dice
     from carve.prediction.uncertainty import maps_on_grid, scores_on_grid
 
     shape = tuple(int(s) for s in shape)
@@ -163,6 +167,7 @@ def write_case_outputs(
     std_maps, n_members = result.std, int(result.n_members)
     expected_dice = predicted_dice(result.mean_probabilities, label_names)  # on the plan grid, one class at a time
     expected_dice |= member_agreement(result.member_labels, label_names)  # NaN with fewer than two members
+    expected_dice |= member_mean_predicted_dice(result.member_statistics)  # the same whatever the number of members
     maps = maps_on_grid(result.mean_probabilities, result.mean_entropy, resize)
     del result  # the plan grid's mean probabilities are freed here when the caller holds no reference
     if outputs.maps is not None:

@@ -84,7 +84,8 @@ def scores_on_grid(
 
     ``labels`` is the predicted label map, ``normalised_entropy_map`` and ``mutual_information_map`` the voxel
     maps on the same grid, and ``std_sums[k]`` the sum of the std of label ``k``'s probability over the voxels
-    predicted as ``k`` (for every label ``k >= 1``; the std maps themselves need not be in memory together).
+    predicted as ``k`` (for every label ``k >= 1``; the std maps themselves need not be in memory together), so
+    ``len(std_sums) + 1`` is the number of classes ``K``.
     """
     labels = np.asarray(labels)
     if np.shape(normalised_entropy_map) != labels.shape or np.shape(mutual_information_map) != labels.shape:
@@ -101,6 +102,12 @@ def scores_on_grid(
     scores = {
         "mean_normalised_entropy": mean_over(np.asarray(normalised_entropy_map), region),
         "mean_mutual_information": mean_over(np.asarray(mutual_information_map), region),
+        # mean over members of each member's normalised entropy, H(p_m) / log K = H(p̄) / log K - MI / log K:
+        # its expectation does not depend on the number of members (one member: mean_normalised_entropy)
+        "mean_member_entropy": mean_over(
+            np.asarray(normalised_entropy_map) - np.asarray(mutual_information_map) / np.log(len(std_sums) + 1),
+            region,
+        ),
         "uncertain_foreground_fraction": mean_over(
             np.asarray(normalised_entropy_map) > UNCERTAIN_THRESHOLD, foreground
         ),
@@ -131,6 +138,9 @@ def case_uncertainty_scores(
 
     * ``mean_normalised_entropy``: mean normalised predictive entropy over R;
     * ``mean_mutual_information``: mean mutual information (nats) over R;
+    * ``mean_member_entropy``: mean over R of the members' mean normalised entropy (``H(p̄) - MI``, over
+      ``log K``): unlike the two above, its expectation does not depend on the number of members, so a
+      cross-validation case (one fold) and a test case (every fold) are scored alike;
     * ``uncertain_foreground_fraction``: fraction of F with normalised entropy > 0.5;
     * ``mean_std_foreground``: mean over F of the std of the probability of the predicted label;
     * ``mean_std_<name>`` for every label k >= 1 (name from ``label_names``, else ``label_<k>``): mean
