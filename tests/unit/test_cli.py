@@ -18,6 +18,7 @@ from conftest import job_stats
 import carve
 from carve.pipeline import cli
 from carve.pipeline.provenance import write_manifest
+from carve.pipeline.run_config import RESERVED_LABEL_NAMES
 from carve.pipeline.sheet import load_sheet
 from carve.planning.plan import PLANS_VERSION
 from carve.prediction.bundle import write_bundle
@@ -163,6 +164,15 @@ def test_init_plain_reads_label_values(tmp_path, monkeypatch, capsys):
     assert config["modality"] == "CT" and config["results"] == "out/plain"
     assert "rename them" in capsys.readouterr().err
     assert len(rows) == 4 and all(r[3] == "train" for r in rows[1:])
+
+
+def test_init_renames_a_label_called_foreground(tmp_path, monkeypatch):
+    root = msd(tmp_path / "Task09")
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Foreground"}}))
+    monkeypatch.chdir(tmp_path)
+    config, _ = init(tmp_path, root)
+    assert config["labels"] == {1: "Foreground_label"}  # "foreground" is the mean over labels in every table
+    assert "foreground_label" not in RESERVED_LABEL_NAMES
 
 
 def test_init_labels_option_wins_and_names_stay_strings(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from carve.imaging.io import IMAGE_SUFFIXES
+from carve.pipeline.run_config import RESERVED_LABEL_NAMES
 from carve.pipeline.sheet import check_case_id
 
 NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -146,8 +147,14 @@ def parse_dataset_labels(labels: Any, where: str) -> dict[int, str]:
     pairs = sorted((v, n) for v, n in pairs if v != 0)
     if not pairs:
         raise LayoutError(f"{where}: `labels` names only the background")
-    names = _unique([clean_name(n, f"label_{v}") for v, n in pairs])
+    names = _unique([_unreserved(clean_name(n, f"label_{v}")) for v, n in pairs])
     return {v: n for (v, _), n in zip(pairs, names, strict=True)}
+
+
+def _unreserved(name: str) -> str:
+    """A label name the config refuses because a column of the mean over labels has it (``foreground``) gets
+    ``_label`` appended (``foreground_label``), so that a dataset.json naming its one label so still initialises."""
+    return f"{name}_label" if name.lower() in RESERVED_LABEL_NAMES else name
 
 
 def read_dataset_json(folder: Path) -> DatasetInfo:
