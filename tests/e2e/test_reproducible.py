@@ -15,6 +15,7 @@ from conftest import E2E_CONFIG, REPO, REPRODUCIBLE, digests, run_snakemake
 from carve.pipeline.provenance import load_manifest, manifest_differences
 from carve.training.budget import on_grid
 from carve.training.network import load_payload
+from carve.training.precision import bf16_available
 
 pytestmark = pytest.mark.e2e
 # Every result the issue on reproducibility names, beyond REPRODUCIBLE: raw predictions, every mesh format, the
@@ -53,7 +54,7 @@ def test_a_second_run_from_scratch_gives_the_same_bytes(tiny_run, tmp_path):
 def test_a_time_budget_becomes_the_planned_count_and_an_edited_count_is_trained(tmp_path):
     workdir = _fresh(tmp_path, "budget")
     budget = workdir / "budget.yaml"
-    budget.write_text("train: {epochs: null, time_budget_min: 0.05}\n")
+    budget.write_text("train: {epochs: null, time_budget_min: 0.05, precision: auto}\n")
     model = workdir / "results" / "e2e" / "models" / "fold_0" / "model.pt"
     target = str(model.relative_to(workdir))
     done = run_snakemake(workdir, "--cores", "2", target, configs=(E2E_CONFIG, budget))
@@ -64,12 +65,16 @@ def test_a_time_budget_becomes_the_planned_count_and_an_edited_count_is_trained(
     assert training["from"] == "time_budget_min" and training["time_budget_min"] == 0.05
     assert training["seconds_per_iteration"] == on_grid(training["seconds_per_iteration"])
     assert training["iterations"] == math.floor(3.0 / training["seconds_per_iteration"] + 1e-9)
-    assert training["threads"] == 1 and training["precision"] == "fp32" and training["device"] == "cpu"
+    assert training["threads"] == 1 and training["device"] == "cpu"
+    assert training["precision"] in ("fp32", "bf16") and training["precision_from"].startswith("auto")
     assert load_payload(model)["extra"]["iterations"] == training["iterations"]
     log = (workdir / "results" / "e2e" / "logs" / "plan" / "plan.log").read_text()
     assert "training step" in log and f"-> {training['iterations']} iterations" in log
+    if bf16_available("cpu"):  # both precisions timed, the medians logged (not in plans.json: its bytes stay put)
+        assert "precision auto: training step" in log and "in bf16" in log
     fold = json.loads((model.parent / "config.json").read_text())
     assert fold["train"]["iterations"] == training["iterations"] and fold["runtime"]["threads"] == 1
+    assert fold["train"]["precision"] == fold["runtime"]["precision"] == training["precision"]
 
     plans["training"]["iterations"] = 6  # a user's edit: training follows it
     plans_path.write_text(json.dumps(plans, indent=2) + "\n")

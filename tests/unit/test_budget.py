@@ -67,6 +67,9 @@ def test_a_count_given_decides_before_a_time_budget() -> None:
         requested_budget({"time_budget_min": None})
 
 
+NO_BF16 = lambda device: False  # noqa: E731  (a CPU without bf16 units, whatever this one has)
+
+
 def test_a_time_budget_is_timed_on_the_planned_step_and_recorded() -> None:
     seen = {}
 
@@ -74,7 +77,7 @@ def test_a_time_budget_is_timed_on_the_planned_step_and_recorded() -> None:
         seen.update(patch=config.patch_size, batch=config.batch_size, device=device, threads=threads)
         return [0.30, 0.29, 0.31, 0.60]  # one slow outlier: the median ignores it
 
-    entry = training_budget(PLANS, {"time_budget_min": 2.0}, seed=0, threads=2, measure=measure)
+    entry = training_budget(PLANS, {"time_budget_min": 2.0}, seed=0, threads=2, measure=measure, bf16=NO_BF16)
     assert seen == {"patch": (8, 16, 16), "batch": 2, "device": "cpu", "threads": 2}
     per_iteration = on_grid(0.305)
     assert entry == {
@@ -85,8 +88,9 @@ def test_a_time_budget_is_timed_on_the_planned_step_and_recorded() -> None:
         "device": "cpu",
         "threads": 2,
         "precision": "fp32",
+        "precision_from": "auto: cpu has no native bf16",
     }
-    noisy = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=lambda *a: [0.305 * 1.04] * 3)
+    noisy = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=lambda *a: [0.305 * 1.04] * 3, bf16=NO_BF16)
     assert noisy["iterations"] == entry["iterations"]  # 4 % slower: the same count
 
 
@@ -94,11 +98,48 @@ def test_a_count_is_recorded_without_timing() -> None:
     def measure(*args):
         raise AssertionError("a count needs no timing")
 
-    entry = training_budget(
-        PLANS, {"epochs": 4, "iterations_per_epoch": 5, "time_budget_min": 3}, 0, 1, measure=measure
-    )
+    train = {"epochs": 4, "iterations_per_epoch": 5, "time_budget_min": 3, "precision": "fp32"}
+    entry = training_budget(PLANS, train, 0, 1, measure=measure)
     assert entry["iterations"] == 20 and entry["from"] == "epochs" and entry["epochs"] == 4
-    assert training_budget(PLANS, {"iterations": 77}, 0, 1, measure=measure)["iterations"] == 77
+    assert entry["precision"] == "fp32" and entry["precision_from"] == "config"
+    assert training_budget(PLANS, {"iterations": 77}, 0, 1, measure=measure, bf16=NO_BF16)["iterations"] == 77
+
+
+def step_times(fp32: float, bf16: float):
+    """A stand-in for the timed step: the seconds of the precision it is asked for, and the calls made."""
+    calls = []
+
+    def measure(config, device, threads):
+        calls.append(config.precision)
+        return [fp32, fp32 * 1.01, fp32 * 0.99] if config.precision == "fp32" else [bf16] * 3
+
+    return measure, calls
+
+
+def test_auto_precision_is_timed_and_a_time_budget_is_spent_in_the_faster_one() -> None:
+    measure, calls = step_times(fp32=0.40, bf16=0.16)  # 2.5x, as AMX gives
+    entry = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=measure, bf16=lambda device: True)
+    assert calls == ["fp32", "bf16"]  # each timed once: the budget reuses bf16's timing
+    assert entry["precision"] == "bf16" and entry["precision_from"].startswith("auto: timed")
+    assert entry["seconds_per_iteration"] == on_grid(0.16) and entry["iterations"] == int(120 / on_grid(0.16))
+    assert "seconds_per_step" not in entry and "bf16_speedup" not in entry  # timings to the log: same plans, same bytes
+    measure, calls = step_times(fp32=0.40, bf16=0.36)  # 1.11x: not worth bf16's rounding
+    entry = training_budget(PLANS, {"iterations": 30}, 0, 2, measure=measure, bf16=lambda device: True)
+    assert calls == ["fp32", "bf16"] and entry["precision"] == "fp32" and entry["iterations"] == 30
+    with pytest.raises(InputError, match="no native bf16"):
+        training_budget(PLANS, {"iterations": 30, "precision": "bf16"}, 0, 2, measure=measure, bf16=NO_BF16)
+    forced = training_budget(PLANS, {"iterations": 30, "precision": "bf16"}, 0, 2, measure=measure, bf16=lambda d: True)
+    assert forced["precision"] == "bf16" and forced["precision_from"] == "config"
+
+
+def test_the_fold_trains_in_the_planned_precision() -> None:
+    plans = {**PLANS, "training": {"iterations": 42, "precision": "bf16"}}
+    assert train_config_from(plans, {"precision": "auto"}, seed=0).precision == "bf16"  # the config's key decided it
+    assert train_config_from({**PLANS, "training": {"iterations": 42}}, {}, 0).precision == "fp32"  # older plans
+    legacy = {**PLANS, "training": {"iterations": 42, "precision": "bf16-autocast"}}  # CUDA plans of before
+    assert train_config_from(legacy, {}, 0).precision == "bf16"
+    with pytest.raises(InputError, match="not a resolved precision"):
+        train_config_from({**PLANS, "training": {"iterations": 42, "precision": "auto"}}, {}, 0)
 
 
 def test_the_fold_trains_the_planned_count_and_the_config_budget_keys_do_not_leak() -> None:

@@ -21,7 +21,7 @@ from carve.evaluation.learning_curve import LearningCurveOptions, usable_sizes
 from carve.imaging.labels import DatasetSpec, annotated_classes, union_label_names, union_values
 from carve.pipeline.sheet import Case, SheetError, cases_from_folder, check_folds, load_sheet
 from carve.prediction.bundle import Bundle, BundleError, load_bundle
-from carve.training.budget import BUDGET_KEYS, requested_budget
+from carve.training.budget import PLANNED_KEYS, requested_budget
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 ASSESSMENT_FILES = (
@@ -259,10 +259,10 @@ class Run:
         return dict(self.config.get("train", {}))
 
     def budget_params(self) -> dict[str, Any]:
-        """The ``train`` keys that decide the iterations fixed at planning (carve.training.budget): only these
-        rerun rule ``plan``, so a change of the learning rate does not re-plan."""
+        """The ``train`` keys that decide the iterations and the precision fixed at planning (carve.training.budget):
+        only these rerun rule ``plan``, so a change of the learning rate does not re-plan."""
         train = self.config.get("train", {})
-        return {k: train[k] for k in (*BUDGET_KEYS, "iterations_per_epoch") if k in train}
+        return {k: train[k] for k in PLANNED_KEYS if k in train}
 
     def train_runtime_min(self) -> int:
         """The scheduler's time limit of one training job: twice a time budget plus an hour (the default budget

@@ -35,6 +35,7 @@ from carve.errors import InputError
 LOG = logging.getLogger("carve.training.budget")
 DEFAULT_TIME_BUDGET_MIN = 5.0  # minutes per fold when the config names no budget
 BUDGET_KEYS = ("iterations", "epochs", "time_budget_min")
+PLANNED_KEYS = (*BUDGET_KEYS, "iterations_per_epoch", "precision")  # the train keys rule plan decides from
 DEFAULT_ITERATIONS_PER_EPOCH = 50  # carve.training.train.TrainConfig's (a test keeps them equal)
 R10 = (1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0)  # preferred numbers (ISO 3), one decade
 WARMUP_STEPS = 3
@@ -68,12 +69,6 @@ def requested_budget(train: Mapping[str, Any]) -> tuple[str, float]:
     if budget is None:
         raise InputError("config train: give iterations, epochs or time_budget_min (all are null)")
     return "time_budget_min", float(budget)
-
-
-def precision_of(device: str) -> str:
-    """The arithmetic training uses on ``device``: bf16 autocast on CUDA, fp32 elsewhere
-    (:func:`carve.training.train.train_step`)."""
-    return "bf16-autocast" if str(device).startswith("cuda") else "fp32"
 
 
 def time_training_steps(
@@ -125,15 +120,45 @@ def training_budget(
     threads: int,
     *,
     measure: Callable[..., list[float]] = time_training_steps,
+    bf16: Callable[[str], bool] | None = None,
     log: logging.Logger = LOG,
 ) -> dict[str, Any]:
-    """The ``training`` entry of plans.json: the iterations each fold trains and what they came from.
+    """The ``training`` entry of plans.json: the iterations each fold trains, the precision it trains in, and what
+    they came from.
 
     ``plans``: the planned network, patch and batch (``memory.device`` is the device that trains); ``train``: the
-    config's ``train`` keys; ``threads``: those of one training job. A time budget is measured with ``measure``
-    (a stand-in in tests)."""
+    config's ``train`` keys; ``threads``: those of one training job. ``train.precision`` (default ``auto``) is
+    resolved by :func:`carve.training.precision.resolve_precision` (``auto`` times the step in fp32 and bf16 where
+    the device has bf16: ``bf16`` says whether, :func:`carve.training.precision.bf16_available` by default). A
+    time budget is then measured in the chosen precision. ``measure(config, device, threads)`` times the step (a
+    stand-in in tests). The timings go to the log only, so that the same decision gives the same plans; the
+    manifest records the CPU's bf16 units (:mod:`carve.machine`) beside it."""
+    from carve.training.fold import train_config_from
+    from carve.training.precision import DEFAULT_PRECISION, bf16_available, resolve_precision
+
     kind, value = requested_budget(train)
     device = str(plans.get("memory", {}).get("device", "cpu"))
+    config = train_config_from(plans, train, seed, iterations=1)
+    timings: dict[str, list[float]] = {}
+
+    def timed(precision: str) -> list[float]:
+        if precision not in timings:
+            timings[precision] = list(measure(replace(config, precision=precision), device, threads))
+        return timings[precision]
+
+    requested = str(train.get("precision") or DEFAULT_PRECISION)
+    decision = resolve_precision(requested, device, timed, available=bf16 or bf16_available)
+    precision = decision["precision"]
+    if "bf16_speedup" in decision:
+        log.info(
+            "precision auto: training step %.4f s in fp32, %.4f s in bf16 (medians; x%.2f) -> %s",
+            decision["seconds_per_step"]["fp32"],
+            decision["seconds_per_step"]["bf16"],
+            decision["bf16_speedup"],
+            precision,
+        )
+    hardware = {"device": device, "threads": int(threads), "precision": precision}
+    hardware |= {"precision_from": decision["precision_from"]}
     entry: dict[str, Any] = {"iterations": None, "from": kind}
     if kind != "time_budget_min":
         entry["iterations"] = int(value)
@@ -141,11 +166,8 @@ def training_budget(
             entry["epochs"] = int(train["epochs"])
         if train.get("time_budget_min") is not None:
             log.info("train.%s gives the count; train.time_budget_min (%s) is not used", kind, train["time_budget_min"])
-        return {**entry, "device": device, "threads": int(threads), "precision": precision_of(device)}
-    from carve.training.fold import train_config_from
-
-    config = train_config_from(plans, train, seed, iterations=1)
-    seconds = measure(config, device, threads)
+        return {**entry, **hardware}
+    seconds = timed(precision)
     median = statistics.median(seconds)
     per_iteration = on_grid(median)
     iterations = iterations_for(value, per_iteration)
@@ -160,17 +182,25 @@ def training_budget(
         iterations,
         device,
         threads,
-        precision_of(device),
+        precision,
     )
     return {
         **entry,
         "iterations": iterations,
         "time_budget_min": value,
         "seconds_per_iteration": per_iteration,
-        "device": device,
-        "threads": int(threads),
-        "precision": precision_of(device),
+        **hardware,
     }
+
+
+def planned_precision(plans: Mapping[str, Any]) -> str:
+    """The precision a fold of these plans trains in (``plans["training"]["precision"]``; fp32 where the plans
+    name none, as plans written before it was a setting did on a CPU)."""
+    from carve.training.precision import resolved
+
+    training = plans.get("training")
+    value = training.get("precision", "fp32") if isinstance(training, Mapping) else "fp32"
+    return resolved(value, "plans.json training.precision")
 
 
 def planned_iterations(plans: Mapping[str, Any], where: str | Path = "plans.json") -> int:

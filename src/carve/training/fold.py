@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from carve.planning.plan import load_plans, plans_for_dataset
 from carve.planning.preprocess import load_case
 from carve.planning.split import fold_of, load_splits
 from carve.prediction.predict import PredictOptions, predict_case, select_device
-from carve.training.budget import BUDGET_KEYS, planned_iterations, precision_of
+from carve.training.budget import BUDGET_KEYS, planned_iterations, planned_precision
+from carve.training.precision import bf16_available
 
 log = logging.getLogger("carve.training.fold")
 MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
@@ -38,7 +40,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, ite
         strides=tuple(tuple(int(v) for v in s) for s in net["strides"]),
         kernel_sizes=tuple(tuple(int(v) for v in k) for k in net["kernel_sizes"]),
     )
-    opts = {k: v for k, v in options.items() if v is not None and k not in BUDGET_KEYS}
+    opts = {k: v for k, v in options.items() if v is not None and k not in (*BUDGET_KEYS, "precision")}
     augment_keys = dict(opts.pop("augment", {}))
     planned = [k for k in ("mirror_axes", "p_mirror") if k in augment_keys]
     if planned:
@@ -52,6 +54,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, ite
     return TrainConfig(
         **opts,
         iterations=int(iterations) if iterations is not None else planned_iterations(plans),
+        precision=planned_precision(plans),
         epochs=None,
         time_budget_min=None,
         batch_size=int(plans["batch_size"]),
@@ -109,8 +112,11 @@ def train_one_fold(
     domains = _domains(plans, case_datasets, names, train_cases, splits_path)
     config = train_config_from(plans, train_options, seed + fold)
     device = select_device(device)
+    if config.precision == "bf16" and not bf16_available(device):
+        log.warning("fold %d: the plans say bf16, but %s has no native bf16: training in fp32", fold, device)
+        config = replace(config, precision="fp32")
     log.info(
-        "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s)",
+        "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s), %s",
         fold,
         len(names["train"]),
         len(names["val"]),
@@ -118,6 +124,7 @@ def train_one_fold(
         config.batch_size,
         device,
         threads,
+        config.precision,
     )
     out_dir = Path(out_dir)
     model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads, domains=domains)
@@ -127,7 +134,7 @@ def train_one_fold(
         "train_cases": names["train"],
         "val_cases": names["val"],
         "train": config.to_dict(),
-        "runtime": {"device": device, "threads": int(threads), "precision": precision_of(device)},
+        "runtime": {"device": device, "threads": int(threads), "precision": config.precision},
         "plans": {
             k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
         },

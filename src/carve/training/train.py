@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from carve.training.augment import AugmentConfig, augment_batch, spatial_margin
 from carve.training.network import NetworkConfig, UNet3D, atomic_torch_save, load_payload, save_model
+from carve.training.precision import autocast
 from carve.training.sampling import PatchSampler
 from carve.training.validation import dice_per_label, predict_volume  # noqa: F401 (re-exported: benchmarks, tests)
 from carve.training.validation import validate_cases as _validate
@@ -79,6 +80,7 @@ class TrainConfig:
     pretrained_lr_scale: float = 0.1
     val_time_fraction: float = 0.1  # validation is skipped at epoch ends once it costs more than this
     deterministic: bool = True  # CUDA: deterministic kernels (CPU training is deterministic regardless)
+    precision: str = "fp32"  # fp32 or bf16 autocast of the forward pass (resolved from `auto` by the plan)
     contrastive_weight: float = (
         0.0  # several datasets: multi-scale contrastive regulariser (carve.training.multidomain)
     )
@@ -92,6 +94,10 @@ class TrainConfig:
             raise ValueError("TrainConfig needs iterations, epochs, time_budget_min or both of the last two")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError(f"TrainConfig.iterations must be positive, got {self.iterations}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(
+                f"TrainConfig.precision must be fp32 or bf16 (auto is resolved when planned), got {self.precision}"
+            )
         if self.optimizer not in ("adamw", "sgd") or self.schedule not in ("cosine", "poly"):
             raise ValueError(f"optimizer must be adamw|sgd and schedule cosine|poly: {self.optimizer}, {self.schedule}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -231,7 +237,8 @@ def train_step(
     masks: torch.Tensor | None = None,
     regulariser: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> float | None:
-    """One iteration on a sampled batch: augmentation, forward pass (bf16 autocast on CUDA), deep-supervision loss
+    """One iteration on a sampled batch: augmentation, forward pass (bf16 autocast where ``config.precision`` says
+    so; :mod:`carve.training.precision`), deep-supervision loss in float32
     (``masks``: the classes each sample's dataset annotates; ``regulariser``: extra terms on the finest logits),
     backward pass, gradient clipping and the optimiser's step. Returns the loss, or None (no step) when it is not
     finite. The timing of a run's budget (:mod:`carve.training.budget`) runs exactly this."""
@@ -243,9 +250,9 @@ def train_step(
         config.spacing_mm,
         generator,
     )
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda")):
+    with autocast(device, config.precision):
         out = model(x)
-    outputs = out if isinstance(out, list) else [out]
+    outputs = [o.float() for o in out] if isinstance(out, list) else [out.float()]
     loss = deep_supervision_loss(outputs, y, network.n_classes, network.strides, masks)
     if regulariser is not None:
         loss = loss + regulariser(outputs[0])
@@ -406,7 +413,7 @@ def train_fold(
         room = budget_s is None or elapsed + val_last_s < budget_s
         if val_cases and (finished or (cheap and room)):
             tv = time.monotonic()
-            dice = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes)
+            dice = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
             val_last_s = time.monotonic() - tv
             val_seconds += val_last_s
         rows.append([epoch, iteration, elapsed, float(np.mean(losses)), lr, *dice])
@@ -422,7 +429,7 @@ def train_fold(
             save_checkpoint()
             last_ckpt = time.monotonic()
     if val_cases and rows and np.isnan(rows[-1][5:]).all():  # the last epoch skipped validation
-        rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes)
+        rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
     if rows:  # always: a fold resumed from its final checkpoint (killed before model.pt) writes them too
         _write_curves(out_dir, rows, n_classes)
     if not ckpt_path.exists() or not rows or rows[-1][1] != iteration:

@@ -18,11 +18,15 @@ import torch
 
 from carve.imaging.io import atomic_write_bytes, atomic_write_text
 from carve.training.network import UNet3D
+from carve.training.precision import autocast
 
 
 @torch.no_grad()
-def predict_volume(model: UNet3D, image: np.ndarray, patch_size: Sequence[int], device: str = "cpu") -> np.ndarray:
-    """Softmax probabilities (K, z, y, x) of a whole volume: one pass when small, else non-overlapping tiles."""
+def predict_volume(
+    model: UNet3D, image: np.ndarray, patch_size: Sequence[int], device: str = "cpu", precision: str = "fp32"
+) -> np.ndarray:
+    """Softmax probabilities (K, z, y, x) of a whole volume: one pass when small, else non-overlapping tiles; the
+    forward pass in ``precision`` (:mod:`carve.training.precision`), the softmax in float32."""
     model.eval()
     stride = np.asarray(model.config.total_stride)
     shape = np.asarray(image.shape[1:])
@@ -32,9 +36,8 @@ def predict_volume(model: UNet3D, image: np.ndarray, patch_size: Sequence[int], 
     x[:] = pad_value[:, None, None, None]
     x[(slice(None), *(slice(0, s) for s in shape))] = image
     xt = torch.from_numpy(x)[None].to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
     if padded.prod() <= 4 * np.prod(patch_size):
-        with autocast:
+        with autocast(device, precision):
             probs = torch.softmax(model(xt).float(), 1)[0]
     else:
         probs = torch.zeros((model.config.n_classes, *padded), device=device)
@@ -42,7 +45,7 @@ def predict_volume(model: UNet3D, image: np.ndarray, patch_size: Sequence[int], 
         starts = [sorted({*range(0, p - t + 1, t), p - t}) for p, t in zip(padded, tile, strict=True)]
         for s in np.array(np.meshgrid(*starts, indexing="ij")).reshape(3, -1).T:
             box = tuple(slice(int(a), int(a + t)) for a, t in zip(s, tile, strict=True))
-            with autocast:
+            with autocast(device, precision):
                 probs[(slice(None), *box)] = torch.softmax(model(xt[(slice(None), slice(None), *box)]).float(), 1)[0]
     return probs[(slice(None), *(slice(0, s) for s in shape))].cpu().numpy()
 
@@ -58,7 +61,13 @@ def dice_per_label(prediction: np.ndarray, label: np.ndarray, n_classes: int) ->
 
 
 def validate_cases(
-    model: UNet3D, cases, patch_size: Sequence[int], n_classes: int, device: str, classes: Sequence | None = None
+    model: UNet3D,
+    cases,
+    patch_size: Sequence[int],
+    n_classes: int,
+    device: str,
+    classes: Sequence | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     """Mean Dice per label of whole-volume predictions of the validation cases (``classes``: per case, the
     classes its dataset annotates; the others are merged into the background first)."""
@@ -66,7 +75,7 @@ def validate_cases(
 
     scores = []
     for i, (img, lab) in enumerate(cases):
-        probs = predict_volume(model, img, patch_size, device)
+        probs = predict_volume(model, img, patch_size, device, precision)
         if classes is not None:
             probs = restrict_probabilities(probs, classes[i])
         scores.append(dice_per_label(probs.argmax(0), lab, n_classes))
