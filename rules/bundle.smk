@@ -3,6 +3,7 @@ rule export_bundle:
         plans=f"{R}/plans.json",
         models=fold_models(),
         postprocessing=f"{R}/postprocessing.json",
+        members=f"{R}/members.json",
     output:
         bundle=directory(f"{R}/bundle"),
     log:

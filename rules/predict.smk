@@ -1,3 +1,5 @@
+# Mirrorings and projections, where configured, are first compared on cross-validation (compare_members, decide_members:
+# carve.prediction.members) and kept as members of every prediction only where they pay (members.json).
 # Prediction: the fold ensemble for test cases, the held-out fold for training cases (carve.prediction.predict); both write
 # the raw labels (the argmax of the members' mean probabilities) and the uncertainty maps on the case's own grid.
 # Postprocessing (carve.prediction.postprocess) is decided once from the raw cross-validation predictions and their
@@ -11,6 +13,7 @@ rule predict:
         image=f"{R}/nifti/{{test_case}}/image.nii.gz",
         plans=plans_file(),
         models=fold_models(),
+        members=members_file(),
     output:
         labels=f"{R}/predictions_raw/{{test_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{test_case}}.nii.gz",
@@ -40,6 +43,7 @@ rule predict_cv:
         plans=f"{R}/plans.json",
         splits=f"{R}/splits.json",
         models=fold_models(),
+        members=f"{R}/members.json",
     output:
         labels=f"{R}/cv_raw/{{train_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{train_case}}.nii.gz",
@@ -61,6 +65,54 @@ rule predict_cv:
         "../envs/torch.yaml"
     script:
         "../workflow/scripts/predict_cv.py"
+
+
+rule compare_members:
+    input:
+        image=f"{R}/nifti/{{train_case}}/image.nii.gz",
+        label=f"{R}/nifti/{{train_case}}/label.nii.gz",
+        plans=f"{R}/plans.json",
+        splits=f"{R}/splits.json",
+        models=fold_models(),
+    output:
+        comparison=f"{R}/members/{{train_case}}.tsv",
+    log:
+        f"{R}/logs/compare_members/{{train_case}}.log",
+    benchmark:
+        f"{R}/benchmarks/compare_members/{{train_case}}.tsv"
+    params:
+        predict=predict_options(),
+        device=config["device"],
+        dataset=lambda wildcards: CASES[wildcards.train_case].dataset,
+    threads: config["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/compare_members.py"
+
+
+rule decide_members:
+    input:
+        comparisons=member_comparisons(),
+    output:
+        decision=f"{R}/members.json",
+    log:
+        f"{R}/logs/decide_members/decide_members.log",
+    benchmark:
+        f"{R}/benchmarks/decide_members/decide_members.tsv"
+    params:
+        extra=extra_members(),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/decide_members.py"
 
 
 rule decide_postprocessing:

@@ -13,6 +13,7 @@ import pytest
 
 from carve.evaluation.failure import score_direction
 from carve.imaging.io import read_image
+from carve.prediction.members import mean_foreground_dice
 from carve.prediction.postprocess import apply_postprocessing, dice, load_postprocessing
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +28,7 @@ def results(tiny_run):
 
 
 def test_every_case_has_its_maps_on_its_own_grid(results):
+    decision = json.loads((results / "members.json").read_text())
     for case in TRAIN + TEST:
         image, geometry = read_image(results / "nifti" / case / "image.nii.gz")
         folder = results / "uncertainty" / case
@@ -40,20 +42,46 @@ def test_every_case_has_its_maps_on_its_own_grid(results):
         assert 0 <= maps["mutual_information"][0].min() and maps["mutual_information"][0].max() <= np.log(3) + 1e-4
         assert all(0 <= maps[f"std_{n}"][0].min() and maps[f"std_{n}"][0].max() <= 0.5 for n in LABELS.values())
         scores = pd.read_csv(results / "uncertainty" / f"{case}.tsv", sep="\t").iloc[0]
-        # members: folds x mirrorings (x axis: 2) x views (the image and one projection)
-        assert scores["members"] == (2 if case in TEST else 1) * 2 * 2
+        # members: folds x mirrorings (x axis: 2) x views (the image and one projection), where members.json kept
+        # the mirrorings and the projection; else the folds alone
+        per_fold = 2 * 2 if decision["keep"] else 1
+        assert scores["members"] == (2 if case in TEST else 1) * per_fold
         assert {"mean_std_organ", "mean_std_lobe", "mean_mutual_information"} <= set(scores.index)
         predicted = [scores[f"predicted_dice_{name}"] for name in LABELS.values()]  # higher = safer
         assert all(0 <= d <= 1 for d in predicted)
         assert scores["predicted_dice_foreground"] == pytest.approx(np.mean(predicted))
         agreement = [scores[f"pairwise_dice_{name}"] for name in LABELS.values()]  # between the members' maps
-        assert all(0 <= a <= 1 for a in agreement)
-        assert scores["pairwise_dice_foreground"] == pytest.approx(np.mean(agreement))
+        if scores["members"] > 1:
+            assert all(0 <= a <= 1 for a in agreement)
+            assert scores["pairwise_dice_foreground"] == pytest.approx(np.mean(agreement))
+        else:  # one member: agreement is undefined, not perfect
+            assert np.isnan(agreement).all() and np.isnan(scores["pairwise_dice_foreground"])
         own = [scores[f"member_predicted_dice_{name}"] for name in LABELS.values()]  # mean of each member's own
         assert all(0 <= d <= 1 for d in own) and scores["member_predicted_dice_foreground"] == pytest.approx(
             np.mean(own)
         )
         assert 0 <= scores["mean_member_entropy"] <= scores["mean_normalised_entropy"] + 1e-6
+
+
+def test_mirroring_and_projections_are_kept_only_where_the_cross_validation_says_so(results):
+    decision = json.loads((results / "members.json").read_text())
+    assert decision["extra_members"] == {"mirror_axes": [2], "projections": 1} and decision["cases"] == len(TRAIN)
+    rows = pd.concat([pd.read_csv(results / "members" / f"{case}.tsv", sep="\t") for case in TRAIN])
+    assert set(rows["plain_members"]) == {1} and set(rows["extra_members"]) == {4}  # one fold, x2 flips, x2 views
+    assert decision["mean_dice"]["plain"] == pytest.approx(rows["plain_dice"].mean(), abs=1e-6)
+    assert decision["mean_dice"]["extra"] == pytest.approx(rows["extra_dice"].mean(), abs=1e-6)
+    gain = rows["extra_dice"].mean() - rows["plain_dice"].mean()
+    if decision["keep"]:  # kept only where it raised one of Dice and detection without lowering the other
+        assert gain >= 0
+    else:
+        assert decision["reason"].startswith("they ")
+    for case in TRAIN:  # the cross-validation prediction used what the decision kept: its Dice is the compared one
+        raw = read_image(results / "cv_raw" / f"{case}.nii.gz")[0]
+        reference = read_image(results / "nifti" / case / "label.nii.gz")[0]
+        compared = rows.set_index("case").loc[case, "extra_dice" if decision["keep"] else "plain_dice"]
+        assert mean_foreground_dice(reference, raw, sorted(LABELS)) == pytest.approx(compared, abs=1e-9)
+    bundle = json.loads((results / "bundle" / "bundle.json").read_text())
+    assert json.loads((results / "bundle" / bundle["members"]).read_text()) == decision
 
 
 def test_postprocessing_is_decided_on_raw_cv_and_applied_to_every_prediction(results):

@@ -17,13 +17,14 @@ def run(tmp_path):
     plans = {"plans_version": PLANS_VERSION, "labels": {"1": "organ"}, "channels": [{"name": "T1", "modality": "MR"}]}
     (tmp_path / "plans.json").write_text(json.dumps(plans))
     (tmp_path / "postprocessing.json").write_text(json.dumps({"organ": ["largest_component"]}))
+    (tmp_path / "members.json").write_text(json.dumps({"keep": True, "extra_members": {"mirror_axes": [2]}}))
     models = []
     for k in range(2):
         torch.manual_seed(k)
         save_model(tmp_path / f"m{k}.pt", UNet3D(NET), NET, {"fold": k})
         models.append(tmp_path / f"m{k}.pt")
     out = write_bundle(tmp_path / "bundle", tmp_path / "plans.json", models, tmp_path / "postprocessing.json",
-                       {"overlap": 0.25, "mirror_axes": [2]})  # fmt: skip
+                       {"overlap": 0.25, "mirror_axes": [2]}, tmp_path / "members.json")  # fmt: skip
     return tmp_path, out
 
 
@@ -34,6 +35,7 @@ def test_bundle_round_trip(run):
     assert [p.name for p in bundle.models] == ["fold_0.pt", "fold_1.pt"]
     assert bundle.predict == {"overlap": 0.25, "mirror_axes": [2]}
     assert bundle.plans.read_bytes() == (tmp_path / "plans.json").read_bytes()
+    assert bundle.members.read_bytes() == (tmp_path / "members.json").read_bytes()  # the decision travels with it
     for k, path in enumerate(bundle.models):  # the weights are the run's, loadable without unpickling code
         a, b = load_model(path)[0].state_dict(), load_model(tmp_path / f"m{k}.pt")[0].state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a)
@@ -52,6 +54,9 @@ def test_missing_fold_altered_file_and_other_version_are_refused(run, monkeypatc
     with pytest.raises(BundleError, match="postprocessing.json differs from its sha256"):
         load_bundle(root)
     load_bundle(root, check_hashes=False)
+    (root / "members.json").unlink()
+    with pytest.raises(BundleError, match="members.json is missing"):
+        load_bundle(root, check_hashes=False)
     monkeypatch.setattr(carve, "__version__", "9.9.9")
     with pytest.raises(BundleError, match=r"written by carve 0\.1\.0, this is carve 9\.9\.9"):
         load_bundle(root)

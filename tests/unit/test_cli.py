@@ -357,10 +357,13 @@ def bundle(tmp_path) -> Path:
     plans = {"plans_version": PLANS_VERSION, "labels": {"1": "organ"}, "channels": [{"name": "image"}]}
     (src / "plans.json").write_text(json.dumps(plans))
     (src / "postprocessing.json").write_text("{}")
+    (src / "members.json").write_text('{"keep": false}')
     models = [src / "m0.pt", src / "m1.pt"]
     for i, m in enumerate(models):
         m.write_bytes(bytes([i]) * 8)
-    return write_bundle(tmp_path / "bundle", src / "plans.json", models, src / "postprocessing.json", {})
+    return write_bundle(
+        tmp_path / "bundle", src / "plans.json", models, src / "postprocessing.json", {}, src / "members.json"
+    )
 
 
 def dicom_folder(path: Path) -> Path:

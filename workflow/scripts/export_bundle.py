@@ -1,4 +1,4 @@
-"""Snakemake adapter: copy the run's plans, fold models and postprocessing decision into an inference bundle."""
+"""Snakemake adapter: copy the run's plans, fold models and its two decisions into an inference bundle."""
 
 import sys
 
@@ -16,4 +16,5 @@ run_step(
     [Path(p) for p in snakemake.input.models],
     Path(snakemake.input.postprocessing),
     dict(snakemake.params.predict),
+    Path(snakemake.input.members),
 )

@@ -18,6 +18,7 @@ run_step(
     model_paths=[Path(p) for p in snakemake.input.models],
     outputs=(Path(out.labels), Path(out.uncertainty), Path(out.scores), Path(out.maps[0]).parent),
     predict_options=dict(snakemake.params.predict),
+    members_path=Path(snakemake.input.members),
     device=snakemake.params.device,
     threads=snakemake.threads,
     dataset=snakemake.params.dataset,

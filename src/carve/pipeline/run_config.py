@@ -237,6 +237,25 @@ class Run:
     def postprocessing_file(self) -> str:
         return str(self.bundle.postprocessing) if self.bundle is not None else f"{self.results}/postprocessing.json"
 
+    def members_file(self) -> str:
+        """``members.json``: whether the mirrorings and projections are kept as members (carve.prediction.members)."""
+        return str(self.bundle.members) if self.bundle is not None else f"{self.results}/members.json"
+
+    def extra_members(self) -> dict[str, Any]:
+        """The members the config adds to the fold models: the planned mirror axes and the projections."""
+        return {
+            "mirror_axes": [int(a) for a in self.config["plan"].get("mirror_axes") or []],
+            "projections": int(self.config["predict"].get("projections") or 0),
+        }
+
+    def member_comparisons(self) -> list[str]:
+        """The per-case comparisons rule ``decide_members`` pools: one per training case where extra members are
+        configured, none otherwise (the decision is then that there is nothing to keep)."""
+        extra = self.extra_members()
+        if not (extra["mirror_axes"] or extra["projections"]):
+            return []
+        return [f"{self.results}/members/{case}.tsv" for case in self.train]
+
     def manifest_sources(self) -> list[str]:
         """The run's inputs: every case's image and label, and with a bundle its files."""
         sources = [str(c.image) for c in self.cases.values()]

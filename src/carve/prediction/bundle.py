@@ -38,6 +38,7 @@ class Bundle:
     plans: Path
     models: tuple[Path, ...]
     postprocessing: Path
+    members: Path
     labels: dict[int, str]
     channels: tuple[str, ...]
     predict: dict[str, Any] = field(default_factory=dict)
@@ -50,8 +51,10 @@ def write_bundle(
     model_paths: Sequence[Path],
     postprocessing_path: Path,
     predict_options: Mapping[str, Any],
+    members_path: Path,
 ) -> Path:
-    """Copy a run's plans, fold models and postprocessing decision into ``out_dir`` with a ``bundle.json``.
+    """Copy a run's plans, fold models, postprocessing decision and members decision
+    (:mod:`carve.prediction.members`) into ``out_dir`` with a ``bundle.json``.
 
     The folder appears complete or not at all (built beside it, then renamed).
     """
@@ -61,9 +64,10 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (staging / "folds").mkdir()
-        files = {"plans": "plans.json", "postprocessing": "postprocessing.json"}
+        files = {"plans": "plans.json", "postprocessing": "postprocessing.json", "members": "members.json"}
         shutil.copyfile(plans_path, staging / files["plans"])
         shutil.copyfile(postprocessing_path, staging / files["postprocessing"])
+        shutil.copyfile(members_path, staging / files["members"])
         folds = []
         for k, model in enumerate(model_paths):
             name = f"folds/fold_{k}.pt"
@@ -126,7 +130,9 @@ def load_bundle(path: str | Path, check_hashes: bool = True) -> Bundle:
     if not folds:
         raise BundleError(f"{where}: lists no fold models")
     expected = manifest.get("sha256", {})
-    for name in [manifest["plans"], manifest["postprocessing"], *folds]:
+    if "members" not in manifest:
+        raise BundleError(f"{where}: {MANIFEST} names no members decision (members.json)")
+    for name in [manifest["plans"], manifest["postprocessing"], manifest["members"], *folds]:
         file = root / name
         if not file.is_file():
             raise BundleError(f"{where}: {name} is missing ({len(folds)} fold(s) listed); copy the whole bundle")
@@ -137,6 +143,7 @@ def load_bundle(path: str | Path, check_hashes: bool = True) -> Bundle:
         plans=root / manifest["plans"],
         models=tuple(root / f for f in folds),
         postprocessing=root / manifest["postprocessing"],
+        members=root / manifest["members"],
         labels={int(k): str(v) for k, v in manifest["labels"].items()},
         channels=tuple(manifest.get("channels") or ()),
         predict=dict(manifest.get("predict") or {}),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from carve.errors import InputError
 from carve.imaging.io import atomic_write_text
@@ -186,10 +188,14 @@ def predict_with_models(
     threads: int = 1,
     postprocessing_path: Path | None = None,
     dataset: str | None = None,
+    members_path: Path | None = None,
 ) -> dict[str, float]:
     """Fold-ensemble prediction of a case; ``outputs`` are (labels, entropy map, scores TSV[, maps folder]),
     see :class:`carve.prediction.predict.PredictOutputs`. With ``postprocessing_path`` (a ``postprocessing.json``) the
-    written labels are postprocessed. ``dataset``: the case's dataset when the plans cover several."""
+    written labels are postprocessed. ``dataset``: the case's dataset when the plans cover several. With
+    ``members_path`` (a ``members.json``, :mod:`carve.prediction.members`) the mirrorings and projections are
+    used only where that decision kept them."""
+    from carve.prediction.members import load_member_decision, options_after
     from carve.prediction.postprocess import load_postprocessing
 
     if len(outputs) not in (3, 4):
@@ -198,6 +204,8 @@ def predict_with_models(
     plans = plans_for_dataset(load_plans(plans_path), dataset)
     postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path is not None else None
     options = _predict_options(predict_options)
+    if members_path is not None:
+        options = options_after(options, load_member_decision(members_path))
     return predict_case(
         case,
         image_path,
@@ -225,12 +233,68 @@ def predict_held_out(
     device: str = "auto",
     threads: int = 1,
     dataset: str | None = None,
+    members_path: Path | None = None,
 ) -> dict[str, float]:
     """Cross-validation prediction of a training case by the one fold that did not see it (raw labels)."""
+    model = _held_out_model(case, splits_path, model_paths)
+    return predict_with_models(
+        case,
+        image_path,
+        plans_path,
+        model,
+        outputs,
+        predict_options,
+        device,
+        threads,
+        dataset=dataset,
+        members_path=members_path,
+    )
+
+
+def _held_out_model(case: str, splits_path: Path, model_paths: Sequence[Path]) -> list[Path]:
     fold = fold_of(case, load_splits(splits_path))
-    model = [p for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
+    model = [Path(p) for p in model_paths if Path(p).parent.name == f"fold_{fold}"]
     if len(model) != 1:
         raise InputError(f"case '{case}': held out by fold {fold}, but no model of fold {fold} among {model_paths}")
-    return predict_with_models(
-        case, image_path, plans_path, model, outputs, predict_options, device, threads, dataset=dataset
-    )
+    return model
+
+
+def compare_held_out_members(
+    case: str,
+    image_path: Path,
+    label_path: Path,
+    plans_path: Path,
+    splits_path: Path,
+    model_paths: Sequence[Path],
+    out: Path,
+    predict_options: Mapping[str, Any],
+    device: str = "auto",
+    threads: int = 1,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Rule ``compare_members``: the training case predicted by the fold that held it out, plain and with the
+    extra members (each through :func:`predict_with_models`, into a scratch folder), scored against its label
+    (:func:`carve.prediction.members.comparison_row`); one TSV row."""
+    import tempfile
+
+    from carve.imaging.io import read_image
+    from carve.prediction.members import comparison_row, plain
+
+    model = _held_out_model(case, splits_path, model_paths)
+    options = _predict_options(predict_options)
+    variants = {"plain": asdict(plain(options)), "extra": dict(predict_options)}
+    labels, scores = {}, {}
+    with tempfile.TemporaryDirectory(prefix=f"compare_members_{case}_") as scratch:
+        for name, variant in variants.items():
+            outputs = [Path(scratch) / f"{name}_{f}" for f in ("labels.nii.gz", "entropy.nii.gz", "scores.tsv")]
+            scores[name] = predict_with_models(
+                case, image_path, plans_path, model, outputs, variant, device, threads, dataset=dataset
+            )
+            labels[name] = read_image(outputs[0])[0]
+    reference = read_image(label_path)[0]
+    values = sorted(int(k) for k in plans_for_dataset(load_plans(plans_path), dataset)["labels"])
+    row = comparison_row(case, reference, labels, scores, values)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out), pd.DataFrame([row]).to_csv(sep="\t", index=False))
+    log.info("case '%s': mean Dice plain %.4f, with the extra members %.4f", case, row["plain_dice"], row["extra_dice"])
+    return row
