@@ -104,6 +104,8 @@ def score_run(work: Path) -> dict[str, Any]:
     members = scores.set_index("case")["members"]
     failures = pd.read_csv(results / "assessment" / "failure_detection.tsv", sep="\t")
     choice = json.loads((results / "assessment" / "review_score.json").read_text())
+    members_path = results / "members.json"
+    members_decision = json.loads(members_path.read_text()) if members_path.is_file() else None
     dice = per_case.set_index("case")["mean_foreground_dice"]
     return {
         "work": str(work),
@@ -115,12 +117,27 @@ def score_run(work: Path) -> dict[str, Any]:
         "members_test": sorted({int(m) for c, m in members.items() if c not in cv_cases}),
         "failure_detection": failures.to_dict(orient="records"),
         "review_score": choice,
+        "members_decision": members_decision,
         "comparability": comparability(scores, cv_cases, dice).to_dict(orient="records"),
     }
 
 
 def number(value: Any, digits: int = 3) -> str:
     return "" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def members_lines(decision: dict[str, Any] | None) -> list[str]:
+    """The run's members.json in words (runs of carve before the decision existed have none)."""
+    if decision is None or "mean_dice" not in decision:
+        return []
+    dice, gap = decision["mean_dice"], decision["best_gap_closed"]
+    verdict = "kept" if decision["keep"] else "dropped"
+    return [
+        f"members.json: the mirrorings and projections {decision['extra_members']} were {verdict} "
+        f"({decision['reason']}): cross-validation Dice {dice['plain']:.3f} plain against {dice['extra']:.3f} with "
+        f"them; best gap closed {number(gap['plain'], 2)} against {number(gap['extra'], 2)}.",
+        "",
+    ]
 
 
 def render(runs: list[dict[str, Any]], cpu: str) -> str:
@@ -141,6 +158,7 @@ def render(runs: list[dict[str, Any]], cpu: str) -> str:
             f" members per case: cross-validation {run['members_cv']}, test {run['members_test'] or 'none'}. "
             f"`review_score: auto` chose `{run['review_score']['score']}`.",
             "",
+            *members_lines(run["members_decision"]),
             "| score | rho | AURC | random | optimal | gap closed | AUROC | failures |",
             "|---|---|---|---|---|---|---|---|",
         ]

@@ -41,6 +41,7 @@ rule evaluate_individual_models:
         models=expand(f"{R}/individual/{{{{dataset}}}}/fold_{{fold}}/model.pt", fold=FOLDS),
         images=lambda wildcards: [converted_image(c) for c in dataset_train_cases(wildcards.dataset)],
         labels=lambda wildcards: [converted_label(c) for c in dataset_train_cases(wildcards.dataset)],
+        members=f"{R}/members.json",
     output:
         table=f"{R}/individual/{{dataset}}/metrics.tsv",
         predictions=directory(f"{R}/individual/{{dataset}}/cv"),

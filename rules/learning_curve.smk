@@ -66,6 +66,7 @@ rule evaluate_learning_curve_model:
         subsets=f"{R}/learning_curve/subsets/draw{{draw}}.json",
         images=[converted_image(c) for c in evaluated_cases()],
         labels=[converted_label(c) for c in evaluated_cases()],
+        members=f"{R}/members.json",
     output:
         table=f"{R}/learning_curve/n{{n}}_draw{{draw}}/metrics.tsv",
         predictions=directory(f"{R}/learning_curve/n{{n}}_draw{{draw}}/predictions"),

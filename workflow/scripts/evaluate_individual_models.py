@@ -21,6 +21,7 @@ run_step(
     label_names={int(k): str(v) for k, v in snakemake.params.labels.items()},
     tolerance_mm=float(snakemake.params.tolerance_mm),
     predict_options=dict(snakemake.params.predict),
+    members_path=Path(snakemake.input.members),
     out_table=Path(snakemake.output.table),
     predictions_dir=Path(snakemake.output.predictions),
     device=snakemake.params.device,

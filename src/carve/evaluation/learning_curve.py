@@ -228,8 +228,10 @@ def evaluate_subset_model(
     predictions_dir: Path,
     device: str = "auto",
     threads: int = 1,
+    members_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Predict the draw's evaluation cases with one model; per-case, per-label metrics with ``n`` and ``draw``."""
+    """Predict the draw's evaluation cases with one model (with the members ``members_path`` kept, as the run's own
+    predictions); per-case, per-label metrics with ``n`` and ``draw``."""
     from carve.evaluation.evaluate import predict_and_evaluate, write_table
     from carve.training.fold import predict_with_models
 
@@ -245,7 +247,15 @@ def evaluate_subset_model(
         tolerance_mm,
         predictions_dir,
         lambda case, outputs: predict_with_models(
-            case, images[case], plans_path, [model_path], outputs, predict_options, device, threads
+            case,
+            images[case],
+            plans_path,
+            [model_path],
+            outputs,
+            predict_options,
+            device,
+            threads,
+            members_path=members_path,
         ),
     )
     table.insert(0, "draw", draw)
