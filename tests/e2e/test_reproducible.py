@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 # Every result the issue on reproducibility names, beyond REPRODUCIBLE: raw predictions, every mesh format, the
 # postprocessing decisions, the assessment tables and the bundle. DICOM-SEG objects get new UIDs by design.
 EVERY = [*REPRODUCIBLE, "cv_raw/*", "predictions_raw/*", "meshes/**/*.*", "postprocessing.json", "assessment/*.tsv"]
-EVERY += ["bundle/**/*.*", "uncertainty/**/*.*"]
+EVERY += ["bundle/**/*.*", "uncertainty/**/*.*", "members.json", "members/*"]
 # New UIDs and creation times in every DICOM-SEG object; elapsed seconds in a fold's curves and checkpoint.
 ALLOWED_TO_DIFFER = re.compile(r"dicom/.*|models/[^/]+/(checkpoint\.pt|curves\.(tsv|png))")
 
