@@ -85,6 +85,7 @@ rule review_cases:
     output:
         review=f"{R}/assessment/review.tsv",
         choice=f"{R}/assessment/review_score.json",
+        test_failures=f"{R}/assessment/failure_detection_test.tsv",
     log:
         f"{R}/logs/review_cases/review_cases.log",
     benchmark:
@@ -93,6 +94,7 @@ rule review_cases:
         cv_cases=TRAIN,
         score=config["predict"]["review_score"],
         quantile=config["predict"]["review_quantile"],
+        dice_threshold=config["evaluate"]["failure_dice_threshold"],
     threads: 1
     resources:
         mem_mb=1000,

@@ -129,6 +129,9 @@ def test_assessment_tables_and_figure(results):
     )
     assert failures["cases"].max() == nonempty_cv
     assert (results / "report" / "risk_coverage.png").read_bytes().startswith(b"\x89PNG")
+    test_failures = pd.read_csv(results / "assessment" / "failure_detection_test.tsv", sep="\t")
+    assert set(test_failures["score"]) == set(failures["score"])  # the same table over the labelled test cases
+    assert 0 < test_failures["cases"].max() <= len(TEST)
     review = pd.read_csv(results / "assessment" / "review.tsv", sep="\t")
     assert sorted(review["case"]) == sorted(TRAIN + TEST) and list(review["rank"]) == list(range(1, 7))
     assert set(review.loc[review["case"].isin(TEST), "set"]) == {"test"}

@@ -333,3 +333,26 @@ def test_maps_figure_of_a_run_folder(tmp_path, oblique_geometry) -> None:
 
     picture = imread(out)
     assert picture.shape[1] > 4 * picture.shape[0]  # five panels side by side
+
+
+def test_failure_detection_of_the_labelled_test_cases(tmp_path) -> None:
+    from carve.evaluation.calibration import review_files
+
+    rows, score_paths = [], []
+    cases = {"cv0": ("cv", 0.9, 0.1), "cv1": ("cv", 0.5, 0.3), "t0": ("test", 0.95, 0.05), "t1": ("test", 0.6, 0.2)}
+    cases |= {"t2": ("test", 0.8, 0.1), "u0": ("test", None, 0.9)}  # u0: unlabelled, no Dice: not measured
+    for case, (set_name, dice, risk) in cases.items():
+        score_paths.append(tmp_path / f"{case}.tsv")
+        score = {"case": case, "mean_member_entropy": risk, "foreground_voxels": 5.0}
+        pd.DataFrame([score]).to_csv(score_paths[-1], sep="\t", index=False)
+        if dice is not None:
+            rows.append({"case": case, "set": set_name, "label": "a", "dice": dice})
+    pd.DataFrame(rows).to_csv(tmp_path / "cases.tsv", sep="\t", index=False)
+    out = tmp_path / "test_failures.tsv"
+    review_files(score_paths, tmp_path / "cases.tsv", ["cv0", "cv1"], "mean_member_entropy", 0.75,
+                 tmp_path / "review.tsv", test_failures_out=out, dice_threshold=0.7)  # fmt: skip
+    table = pd.read_csv(out, sep="\t").set_index("score")
+    assert table.loc["mean_member_entropy", "cases"] == 3  # t0, t1, t2: the cv cases and the unlabelled one left out
+    assert table.loc["mean_member_entropy", "failures"] == 1  # t1: Dice 0.6 < 0.7
+    assert table.loc["mean_member_entropy", "auroc"] == 1.0  # the failed case has the highest risk
+    assert table.loc["mean_member_entropy", "gap_closed"] == pytest.approx(1.0)

@@ -20,4 +20,6 @@ run_step(
     Path(snakemake.output.review),
     Path(snakemake.input.failures),
     Path(snakemake.output.choice),
+    test_failures_out=Path(snakemake.output.test_failures),
+    dice_threshold=float(snakemake.params.dice_threshold),
 )

@@ -443,10 +443,14 @@ def review_files(
     out: Path,
     failures_path: Path | None = None,
     choice_out: Path | None = None,
+    test_failures_out: Path | None = None,
+    dice_threshold: float = 0.7,
 ) -> pd.DataFrame:
     """:func:`review_list` over every case's scores TSV; Dice from ``metrics/cases.tsv`` where known. ``score``
     ``auto`` is decided by :func:`choose_review_score` on ``failures_path`` (the failure-detection table), and the
-    choice is written to ``choice_out``."""
+    choice is written to ``choice_out``. ``test_failures_out``: the failure-detection table
+    (:func:`failure_detection`, failure = Dice below ``dice_threshold``) over the labelled test cases, measured as
+    on the cross-validation (no case: rows of 0 cases)."""
     scores = pd.concat([pd.read_csv(p, sep="\t") for p in score_paths], ignore_index=True)
     if score == "auto" and failures_path is None:
         raise InputError("predict.review_score auto needs the failure-detection table of the cross-validation")
@@ -455,5 +459,9 @@ def review_files(
     table = review_list(scores, cv_cases, case_dice(pd.read_csv(cases_path, sep="\t")), str(choice["score"]), quantile)
     if choice_out is not None:
         atomic_write_text(choice_out, json.dumps(choice, indent=2) + "\n")
+    if test_failures_out is not None:
+        test_dice = case_dice(pd.read_csv(cases_path, sep="\t"), "test")
+        labelled = scores[scores["case"].isin(test_dice.index) & ~scores["case"].isin(list(cv_cases))]
+        _write(test_failures_out, failure_detection(labelled, test_dice, dice_threshold)[0])
     _write(out, table)
     return table
