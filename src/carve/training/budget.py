@@ -157,8 +157,12 @@ def training_budget(
             decision["bf16_speedup"],
             precision,
         )
-    hardware = {"device": device, "threads": int(threads), "precision": precision}
-    hardware |= {"precision_from": decision["precision_from"]}
+    runtime = {
+        "device": device,
+        "threads": int(threads),
+        "precision": precision,
+        "precision_from": decision["precision_from"],
+    }
     entry: dict[str, Any] = {"iterations": None, "from": kind}
     if kind != "time_budget_min":
         entry["iterations"] = int(value)
@@ -166,7 +170,7 @@ def training_budget(
             entry["epochs"] = int(train["epochs"])
         if train.get("time_budget_min") is not None:
             log.info("train.%s gives the count; train.time_budget_min (%s) is not used", kind, train["time_budget_min"])
-        return {**entry, **hardware}
+        return {**entry, **runtime}
     seconds = timed(precision)
     median = statistics.median(seconds)
     per_iteration = on_grid(median)
@@ -189,7 +193,7 @@ def training_budget(
         "iterations": iterations,
         "time_budget_min": value,
         "seconds_per_iteration": per_iteration,
-        **hardware,
+        **runtime,
     }
 
 
