@@ -4,6 +4,7 @@ rule export_bundle:
         models=fold_models(),
         postprocessing=f"{R}/postprocessing.json",
         members=f"{R}/members.json",
+        precision=inference_precision_file(),
     output:
         bundle=directory(f"{R}/bundle"),
     log:

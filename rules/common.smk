@@ -107,6 +107,7 @@ fold_models = RUN.fold_models
 plans_file = RUN.plans_file
 postprocessing_file = RUN.postprocessing_file
 members_file = RUN.members_file
+inference_precision_file = RUN.inference_precision_file
 extra_members = RUN.extra_members
 member_comparisons = RUN.member_comparisons
 manifest_sources = RUN.manifest_sources

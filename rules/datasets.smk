@@ -42,6 +42,7 @@ rule evaluate_individual_models:
         images=lambda wildcards: [converted_image(c) for c in dataset_train_cases(wildcards.dataset)],
         labels=lambda wildcards: [converted_label(c) for c in dataset_train_cases(wildcards.dataset)],
         members=f"{R}/members.json",
+        precision=inference_precision_file(),
     output:
         table=f"{R}/individual/{{dataset}}/metrics.tsv",
         predictions=directory(f"{R}/individual/{{dataset}}/cv"),

@@ -67,6 +67,7 @@ rule evaluate_learning_curve_model:
         images=[converted_image(c) for c in evaluated_cases()],
         labels=[converted_label(c) for c in evaluated_cases()],
         members=f"{R}/members.json",
+        precision=inference_precision_file(),
     output:
         table=f"{R}/learning_curve/n{{n}}_draw{{draw}}/metrics.tsv",
         predictions=directory(f"{R}/learning_curve/n{{n}}_draw{{draw}}/predictions"),

@@ -1,5 +1,6 @@
 # Mirrorings and projections, where configured, are first compared on cross-validation (compare_members, decide_members:
 # carve.prediction.members) and kept as members of every prediction only where they pay (members.json).
+# The forward passes run in one precision per run (choose_inference_precision: carve.prediction.inference_precision).
 # Prediction: the fold ensemble for test cases, the held-out fold for training cases (carve.prediction.predict); both write
 # the raw labels (the argmax of the members' mean probabilities) and the uncertainty maps on the case's own grid.
 # Postprocessing (carve.prediction.postprocess) is decided once from the raw cross-validation predictions and their
@@ -8,12 +9,36 @@
 # uncertainty assessment use those, so that neither is judged on its own output).
 
 
+rule choose_inference_precision:
+    input:
+        plans=plans_file(),
+        models=fold_models(),
+    output:
+        decision=inference_precision_file(),
+    log:
+        f"{R}/logs/choose_inference_precision/choose_inference_precision.log",
+    benchmark:
+        f"{R}/benchmarks/choose_inference_precision/choose_inference_precision.tsv"
+    params:
+        predict=predict_options(),
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/choose_inference_precision.py"
+
+
 rule predict:
     input:
         image=f"{R}/nifti/{{test_case}}/image.nii.gz",
         plans=plans_file(),
         models=fold_models(),
         members=members_file(),
+        precision=inference_precision_file(),
     output:
         labels=f"{R}/predictions_raw/{{test_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{test_case}}.nii.gz",
@@ -44,6 +69,7 @@ rule predict_cv:
         splits=f"{R}/splits.json",
         models=fold_models(),
         members=f"{R}/members.json",
+        precision=inference_precision_file(),
     output:
         labels=f"{R}/cv_raw/{{train_case}}.nii.gz",
         uncertainty=f"{R}/uncertainty/{{train_case}}.nii.gz",
@@ -74,6 +100,7 @@ rule compare_members:
         plans=f"{R}/plans.json",
         splits=f"{R}/splits.json",
         models=fold_models(),
+        precision=inference_precision_file(),
     output:
         comparison=f"{R}/members/{{train_case}}.tsv",
     log:

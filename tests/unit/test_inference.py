@@ -321,7 +321,7 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
         "labels": {"1": "organ", "2": "vessel"},
         "mirror_axes": [2],  # trained with flips on canonical axis 2: prediction flips it too
     }
-    options = PredictOptions(overlap=0.5, projections=1)
+    options = PredictOptions(overlap=0.5, projections=1, precision="fp32")
     rows, labels = [], []
     plan = {1: ("largest_component",), 2: ("largest_component", "fill_holes")}
     for name, postprocessing in (("raw", None), ("post", plan)):

@@ -74,7 +74,7 @@ def test_nothing_to_decide_without_extra_members() -> None:
 
 
 def test_options_follow_the_decision() -> None:
-    options = PredictOptions(overlap=0.25, projections=2, mirror_axes=None)
+    options = PredictOptions(overlap=0.25, projections=2, mirror_axes=None, precision="fp32")
     assert options_after(options, {"keep": True}) == options
     dropped = options_after(options, {"keep": False})
     assert dropped == plain(options) and (dropped.projections, dropped.mirror_axes, dropped.overlap) == (0, (), 0.25)

@@ -61,7 +61,7 @@ def test_two_channel_case_trains_and_predicts(tmp_path: Path) -> None:
     config = replace(config, augment=light, learning_rate=1e-2, network=replace(config.network, base_channels=4))
     model = train_fold(cases, [], config, tmp_path / "fold_0")
     outputs = [tmp_path / "pred.nii.gz", tmp_path / "unc.nii.gz", tmp_path / "scores.tsv"]
-    predict_case("c2", images[2], [model], plans, *outputs, options=PredictOptions(mirror_axes=()))
+    predict_case("c2", images[2], [model], plans, *outputs, options=PredictOptions(mirror_axes=(), precision="fp32"))
     predicted, geometry = read_image(outputs[0])
     assert predicted.shape == labels_shape(labels[2]) and geometry.is_close(GEOMETRY, 1e-4, predicted.shape)
     reference = read_image(labels[2])[0]

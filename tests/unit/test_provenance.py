@@ -206,6 +206,17 @@ def test_the_manifest_records_the_machine_and_how_models_trained(tmp_path):
     manifest = build_manifest(results, {}, [], code_root=tmp_path, lock_file=tmp_path / "none.lock")
     assert manifest["training"] == {
         "plan": {"iterations": 600, "from": "time_budget_min"},
+        "inference": None,
         "models": {"fold_0": {"iterations": 600, "device": "cpu", "threads": 2, "precision": "fp32"}},
     }
+    decision = {
+        "format": "x",
+        "precision": "bf16",
+        "precision_from": "auto: timed",
+        "device": "cpu",
+        "batch_windows": 2,
+    }
+    _write(results / "inference_precision.json", json.dumps(decision).encode())
+    manifest = build_manifest(results, {}, [], code_root=tmp_path, lock_file=tmp_path / "none.lock")
+    assert manifest["training"]["inference"] == {"precision": "bf16", "precision_from": "auto: timed", "device": "cpu"}
     assert manifest["hardware"]["cpu"] and "bf16_units" in manifest["hardware"]

@@ -22,4 +22,5 @@ run_step(
     device=snakemake.params.device,
     threads=snakemake.threads,
     dataset=snakemake.params.dataset,
+    precision_path=Path(snakemake.input.precision),
 )

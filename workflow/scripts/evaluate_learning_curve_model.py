@@ -23,6 +23,7 @@ run_step(
     tolerance_mm=float(snakemake.params.tolerance_mm),
     predict_options=dict(snakemake.params.predict),
     members_path=Path(snakemake.input.members),
+    precision_path=Path(snakemake.input.precision),
     out_table=Path(snakemake.output.table),
     predictions_dir=Path(snakemake.output.predictions),
     device=snakemake.params.device,

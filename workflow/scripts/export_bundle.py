@@ -1,4 +1,4 @@
-"""Snakemake adapter: copy the run's plans, fold models and its two decisions into an inference bundle."""
+"""Snakemake adapter: copy the run's plans, fold models and its decisions into an inference bundle."""
 
 import sys
 
@@ -17,4 +17,5 @@ run_step(
     Path(snakemake.input.postprocessing),
     dict(snakemake.params.predict),
     Path(snakemake.input.members),
+    Path(snakemake.input.precision),
 )

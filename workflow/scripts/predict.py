@@ -19,6 +19,7 @@ run_step(
     outputs=(Path(out.labels), Path(out.uncertainty), Path(out.scores), Path(out.maps[0]).parent),
     predict_options=dict(snakemake.params.predict),
     members_path=Path(snakemake.input.members),
+    precision_path=Path(snakemake.input.precision),
     device=snakemake.params.device,
     threads=snakemake.threads,
     dataset=snakemake.params.dataset,

@@ -39,9 +39,11 @@ def evaluate_individual_models(
     device: str = "auto",
     threads: int = 1,
     members_path: Path | None = None,
+    precision_path: Path | None = None,
 ) -> pd.DataFrame:
     """Cross-validation of a dataset's individual models: each case predicted by the fold that held it out (with
-    the members ``members_path`` kept, as the shared models' cross-validation)."""
+    the members ``members_path`` kept and in the precision ``precision_path`` decided, as the shared models'
+    cross-validation)."""
     from carve.evaluation.evaluate import predict_and_evaluate, write_table
     from carve.training.fold import predict_held_out
 
@@ -58,7 +60,7 @@ def evaluate_individual_models(
         predictions_dir,
         lambda case, outputs: predict_held_out(
             case, image_of[case], plans_path, splits_path, model_paths, outputs, predict_options, device, threads,
-            dataset=dataset, members_path=members_path,
+            dataset=dataset, members_path=members_path, precision_path=precision_path,
         ),
     )  # fmt: skip
     table.insert(0, "dataset", dataset)

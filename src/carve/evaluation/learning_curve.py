@@ -229,9 +229,11 @@ def evaluate_subset_model(
     device: str = "auto",
     threads: int = 1,
     members_path: Path | None = None,
+    precision_path: Path | None = None,
 ) -> pd.DataFrame:
-    """Predict the draw's evaluation cases with one model (with the members ``members_path`` kept, as the run's own
-    predictions); per-case, per-label metrics with ``n`` and ``draw``."""
+    """Predict the draw's evaluation cases with one model (with the members ``members_path`` kept and in the
+    precision ``precision_path`` decided, as the run's own predictions); per-case, per-label metrics with ``n`` and
+    ``draw``."""
     from carve.evaluation.evaluate import predict_and_evaluate, write_table
     from carve.training.fold import predict_with_models
 
@@ -256,6 +258,7 @@ def evaluate_subset_model(
             device,
             threads,
             members_path=members_path,
+            precision_path=precision_path,
         ),
     )
     table.insert(0, "draw", draw)

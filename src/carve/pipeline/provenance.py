@@ -187,16 +187,28 @@ def _torch_build() -> dict[str, str | None]:
     return {"version": torch.__version__, "cuda": torch.version.cuda, "cudnn": None if cudnn is None else str(cudnn)}
 
 
+def _json_or_none(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
 def training_record(results_dir: Path) -> dict[str, Any]:
-    """How the run's models trained: the plan's training budget (plans.json ``training``) and, per model folder
-    (``models/<name>/config.json``), its iterations and runtime (device, threads, precision)."""
-    record: dict[str, Any] = {"plan": None, "models": {}}
-    plans = results_dir / "plans.json"
-    if plans.is_file():
-        try:
-            record["plan"] = json.loads(plans.read_text(encoding="utf-8")).get("training")
-        except json.JSONDecodeError:
-            record["plan"] = None
+    """How the run's models trained and predicted: the plan's training budget (plans.json ``training``), per model
+    folder (``models/<name>/config.json``) its iterations and runtime (device, threads, precision), and the
+    precision predictions ran in (``inference_precision.json``: precision, why, device)."""
+    plans = _json_or_none(results_dir / "plans.json")
+    inference = _json_or_none(results_dir / "inference_precision.json")
+    record: dict[str, Any] = {
+        "plan": plans.get("training") if isinstance(plans, dict) else None,
+        "inference": None,
+        "models": {},
+    }
+    if isinstance(inference, dict):
+        record["inference"] = {k: inference.get(k) for k in ("precision", "precision_from", "device")}
     for config in sorted(results_dir.glob("models/*/config.json")):
         try:
             resolved = json.loads(config.read_text(encoding="utf-8"))

@@ -241,6 +241,11 @@ class Run:
         """``members.json``: whether the mirrorings and projections are kept as members (carve.prediction.members)."""
         return str(self.bundle.members) if self.bundle is not None else f"{self.results}/members.json"
 
+    def inference_precision_file(self) -> str:
+        """``inference_precision.json``: the precision every prediction of the run takes, decided on this run's
+        machine (carve.prediction.inference_precision), also when the models come from a bundle."""
+        return f"{self.results}/inference_precision.json"
+
     def extra_members(self) -> dict[str, Any]:
         """The members the config adds to the fold models: the planned mirror axes and the projections."""
         return {

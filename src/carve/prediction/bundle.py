@@ -45,6 +45,13 @@ class Bundle:
     carve_version: str = carve.__version__
 
 
+def _precision_record(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {k: record.get(k) for k in ("precision", "precision_from", "device")}
+
+
 def write_bundle(
     out_dir: Path,
     plans_path: Path,
@@ -52,9 +59,12 @@ def write_bundle(
     postprocessing_path: Path,
     predict_options: Mapping[str, Any],
     members_path: Path,
+    precision_path: Path | None = None,
 ) -> Path:
     """Copy a run's plans, fold models, postprocessing decision and members decision
-    (:mod:`carve.prediction.members`) into ``out_dir`` with a ``bundle.json``.
+    (:mod:`carve.prediction.members`) into ``out_dir`` with a ``bundle.json``. ``precision_path`` (the run's
+    ``inference_precision.json``) is recorded in ``bundle.json`` as ``inference_precision``: the precision the
+    bundle's evaluation was predicted in, on what device and why (a run that uses the bundle decides its own).
 
     The folder appears complete or not at all (built beside it, then renamed).
     """
@@ -86,6 +96,7 @@ def write_bundle(
             "mirror_axes": plans.get("mirror_axes", []),  # canonical axes flipped in training and at test time
             "folds": folds,
             "predict": dict(predict_options),
+            "inference_precision": _precision_record(precision_path),
             **files,
             "sha256": {name: sha256_file(staging / name) for name in [*files.values(), *folds]},
         }

@@ -26,7 +26,6 @@ Design follows nnU-Net v2 (``compute_gaussian``, ``compute_steps_for_sliding_win
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+
+from carve.training.precision import autocast, resolved
 
 Shape3 = tuple[int, int, int]
 
@@ -126,14 +127,6 @@ def _mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
 
-def _autocast(device: torch.device, mixed_precision: bool) -> contextlib.AbstractContextManager:
-    """bf16 (fp16 where bf16 is unsupported) autocast on CUDA; a no-op elsewhere."""
-    if device.type != "cuda" or not mixed_precision:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
 def _pad_image(image: np.ndarray, patch: Shape3, pad_value: float | None) -> tuple[np.ndarray, tuple]:
     """Pad spatial axes up to ``patch`` symmetrically; return the padded image and the crop back."""
     spatial = image.shape[1:]
@@ -159,7 +152,7 @@ def _predict_member(
     gaussian: torch.Tensor,
     out: torch.Tensor,
     batch_windows: int,
-    mixed_precision: bool,
+    precision: str,
 ) -> None:
     """Accumulate Gaussian-weighted softmax of one member into ``out`` (n_classes, *volume), zeroed first."""
     out.zero_()
@@ -170,7 +163,7 @@ def _predict_member(
         batch = torch.stack([image_t[(slice(None), *sl)] for sl in slicers])
         if flip_dims:
             batch = torch.flip(batch, flip_dims)
-        with _autocast(image_t.device, mixed_precision):
+        with autocast(image_t.device.type, precision):
             logits = model(batch)
         if isinstance(logits, list | tuple):  # deep supervision: full resolution first
             logits = logits[0]
@@ -218,7 +211,7 @@ def sliding_window_probabilities(
     batch_windows: int = 4,
     device: str | torch.device = "cpu",
     accumulate_dtype: torch.dtype = torch.float32,
-    mixed_precision: bool = True,
+    precision: str = "fp32",
     half_precision_output: bool = False,
     pad_value: float | None = None,
     sigma_scale: float = 1.0 / 8.0,
@@ -228,19 +221,18 @@ def sliding_window_probabilities(
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
-    Every model is moved to ``device`` once and put in eval mode; windows run in batches of
-    ``batch_windows`` under ``torch.inference_mode()``, with bf16 (or fp16) autocast on CUDA when
-    ``mixed_precision`` (never on CPU); softmax is always taken in float32. Accumulators live on ``device``
-    in ``accumulate_dtype``. ``half_precision_output`` returns ``mean_probabilities`` and ``std`` as float16
-    to bound memory. ``pad_value=None`` pads small volumes with each channel's minimum. Every projection in
-    ``projections`` adds a view of the image: it is projected once, every model and mirroring predicts it, and
-    each member's probabilities are unprojected before they join the statistics. See the module docstring for
-    the definitions of the returned statistics. With ``member_labels`` each member's argmax label map (uint8,
-    one volume per member) is kept too, for the agreement between members
-    (:func:`carve.evaluation.failure.pairwise_member_dice`). ``member_statistic``, when given, is called with each
-    member's ``(n_classes, z, y, x)`` probabilities (cropped to the image, after unprojection; a view of the
-    member buffer, valid only during the call) and its results are returned in order, for scores that need
-    each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
+    Every model is moved to ``device`` once and put in eval mode; windows run in batches of ``batch_windows`` under
+    ``torch.inference_mode()``, the forward pass in ``precision`` (``fp32``, or ``bf16``: autocast on the CPU or CUDA,
+    :mod:`carve.prediction.inference_precision`); softmax is always taken in float32. Accumulators live on ``device`` in
+    ``accumulate_dtype``. ``half_precision_output`` returns ``mean_probabilities`` and ``std`` as float16 to bound
+    memory. ``pad_value=None`` pads small volumes with each channel's minimum. Every projection in ``projections`` adds
+    a view of the image: it is projected once, every model and mirroring predicts it, and each member's probabilities
+    are unprojected before they join the statistics. See the module docstring for the definitions of the returned
+    statistics. With ``member_labels`` each member's argmax label map (uint8, one volume per member) is kept too, for
+    the agreement between members (:func:`carve.evaluation.failure.pairwise_member_dice`). ``member_statistic``, when
+    given, is called with each member's ``(n_classes, z, y, x)`` probabilities (cropped to the image, after
+    unprojection; a view of the member buffer, valid only during the call) and its results are returned in order, for
+    scores that need each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
     Memory beyond the image: three ``n_classes x volume`` buffers (the member being predicted, the running
     mean and the running sum of squared deviations) and two volumes (summed window weights and entropy), all
@@ -259,6 +251,7 @@ def sliding_window_probabilities(
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
     patch = _as_shape3(patch_size, "patch_size")
+    precision = resolved(precision)
     combos = _mirror_combinations(mirror_axes)
     device = torch.device(device)
 
@@ -289,9 +282,7 @@ def sliding_window_probabilities(
         for model in models:
             for combo in combos:
                 flip_dims = tuple(a + 2 for a in combo)
-                _predict_member(
-                    model, flip_dims, image_t, starts, patch, gaussian, member, batch_windows, mixed_precision
-                )
+                _predict_member(model, flip_dims, image_t, starts, patch, gaussian, member, batch_windows, precision)
                 member /= weight_sum
                 if view is not None:
                     _unproject(view, member, crop)

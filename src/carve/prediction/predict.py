@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,17 @@ class PredictOptions:
     projections: int = 0  # radial re-projections (carve.prediction.projection) added as views of the image
     projection_gamma: float = 1.25  # strength base of the projections
     half_precision: bool = False  # float16 accumulators and plan-grid results (half the memory)
+    precision: str = "auto"  # the forward pass: auto | fp32 | bf16 (carve.prediction.inference_precision)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> PredictOptions:
+        """The config's ``predict`` keys that these options take (the defaults above for the others; the review
+        keys only rank cases)."""
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in options.items() if k in known}
+        if given.get("mirror_axes") is not None:
+            given["mirror_axes"] = tuple(int(a) for a in given["mirror_axes"])
+        return cls(**given)
 
 
 @dataclass(frozen=True)
@@ -106,15 +117,34 @@ def prediction_mirror_axes(plans: Mapping, requested: Sequence[int] | None = Non
     return axes
 
 
+def forward_precision(options: PredictOptions, model, plans: Mapping, device: str) -> str:
+    """``options.precision`` as the forward passes run it: ``fp32``; ``bf16`` (fp32, with a warning, on a device
+    without native bf16); ``auto`` decided here by timing ``model`` (the pipeline decides once per run instead,
+    rule ``choose_inference_precision``, and passes the decision)."""
+    from carve.prediction.inference_precision import decide_inference_precision
+    from carve.training.precision import bf16_available
+
+    if options.precision == "auto":
+        return decide_inference_precision("auto", model, plans["patch_size"], options.batch_windows, device)[
+            "precision"
+        ]
+    if options.precision == "bf16" and not bf16_available(device):
+        log.warning("predict.precision bf16, but %s has no native bf16: predicting in fp32", device)
+        return "fp32"
+    return options.precision
+
+
 def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, options: PredictOptions, device: str):
     """The ensemble's statistics on the plan grid (see
-    :func:`carve.prediction.inference.sliding_window_probabilities`)."""
+    :func:`carve.prediction.inference.sliding_window_probabilities`), the forward passes in the precision
+    :func:`forward_precision` gives."""
     import torch
 
     from carve.evaluation.failure import predicted_dice
     from carve.prediction.inference import sliding_window_probabilities
     from carve.prediction.projection import radial_projections
 
+    precision = forward_precision(options, models[0], plans, device)
     return sliding_window_probabilities(
         models,
         data,
@@ -126,6 +156,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         device=device,
         accumulate_dtype=torch.float16 if options.half_precision else torch.float32,
         half_precision_output=options.half_precision,
+        precision=precision,
         projections=radial_projections(options.projections, options.projection_gamma),
         member_labels=True,
         member_statistic=partial(predicted_dice, label_names=plan_label_names(plans)),  # member_predicted_dice_*

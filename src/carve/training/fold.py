@@ -165,18 +165,6 @@ def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Map
     )
 
 
-def _predict_options(options: Mapping[str, Any]) -> PredictOptions:
-    """The config's ``predict`` keys that :class:`PredictOptions` takes (its defaults for the others; the review
-    keys only rank cases)."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(PredictOptions)}
-    given = {k: v for k, v in options.items() if k in known}
-    if given.get("mirror_axes") is not None:
-        given["mirror_axes"] = tuple(int(a) for a in given["mirror_axes"])
-    return PredictOptions(**given)
-
-
 def predict_with_models(
     case: str,
     image_path: Path,
@@ -189,12 +177,15 @@ def predict_with_models(
     postprocessing_path: Path | None = None,
     dataset: str | None = None,
     members_path: Path | None = None,
+    precision_path: Path | None = None,
 ) -> dict[str, float]:
     """Fold-ensemble prediction of a case; ``outputs`` are (labels, entropy map, scores TSV[, maps folder]),
     see :class:`carve.prediction.predict.PredictOutputs`. With ``postprocessing_path`` (a ``postprocessing.json``) the
     written labels are postprocessed. ``dataset``: the case's dataset when the plans cover several. With
     ``members_path`` (a ``members.json``, :mod:`carve.prediction.members`) the mirrorings and projections are
-    used only where that decision kept them."""
+    used only where that decision kept them; with ``precision_path`` (an ``inference_precision.json``,
+    :mod:`carve.prediction.inference_precision`) the forward passes run in the run's decided precision."""
+    from carve.prediction.inference_precision import load_inference_precision
     from carve.prediction.members import load_member_decision, options_after
     from carve.prediction.postprocess import load_postprocessing
 
@@ -203,9 +194,11 @@ def predict_with_models(
     labels, entropy, scores, *maps = (Path(p) for p in outputs)
     plans = plans_for_dataset(load_plans(plans_path), dataset)
     postprocessing = load_postprocessing(postprocessing_path) if postprocessing_path is not None else None
-    options = _predict_options(predict_options)
+    options = PredictOptions.from_config(predict_options)
     if members_path is not None:
         options = options_after(options, load_member_decision(members_path))
+    if precision_path is not None:
+        options = replace(options, precision=load_inference_precision(precision_path, select_device(device)))
     return predict_case(
         case,
         image_path,
@@ -234,6 +227,7 @@ def predict_held_out(
     threads: int = 1,
     dataset: str | None = None,
     members_path: Path | None = None,
+    precision_path: Path | None = None,
 ) -> dict[str, float]:
     """Cross-validation prediction of a training case by the one fold that did not see it (raw labels)."""
     model = _held_out_model(case, splits_path, model_paths)
@@ -248,6 +242,7 @@ def predict_held_out(
         threads,
         dataset=dataset,
         members_path=members_path,
+        precision_path=precision_path,
     )
 
 
@@ -271,6 +266,7 @@ def compare_held_out_members(
     device: str = "auto",
     threads: int = 1,
     dataset: str | None = None,
+    precision_path: Path | None = None,
 ) -> dict[str, Any]:
     """Rule ``compare_members``: the training case predicted by the fold that held it out, plain and with the
     extra members (each through :func:`predict_with_models`, into a scratch folder), scored against its label
@@ -281,14 +277,23 @@ def compare_held_out_members(
     from carve.prediction.members import comparison_row, plain
 
     model = _held_out_model(case, splits_path, model_paths)
-    options = _predict_options(predict_options)
+    options = PredictOptions.from_config(predict_options)
     variants = {"plain": asdict(plain(options)), "extra": dict(predict_options)}
     labels, scores = {}, {}
     with tempfile.TemporaryDirectory(prefix=f"compare_members_{case}_") as scratch:
         for name, variant in variants.items():
             outputs = [Path(scratch) / f"{name}_{f}" for f in ("labels.nii.gz", "entropy.nii.gz", "scores.tsv")]
             scores[name] = predict_with_models(
-                case, image_path, plans_path, model, outputs, variant, device, threads, dataset=dataset
+                case,
+                image_path,
+                plans_path,
+                model,
+                outputs,
+                variant,
+                device,
+                threads,
+                dataset=dataset,
+                precision_path=precision_path,
             )
             labels[name] = read_image(outputs[0])[0]
     reference = read_image(label_path)[0]
