@@ -1,24 +1,29 @@
-"""Benchmark: carve's training throughput, and where an iteration's time goes (data against model).
+"""Benchmark: carve's training throughput in fp32 and bf16 (and channels-last), and where an iteration's time goes.
 
     CARVE_SHARED_DATA=../shared/data python bench/bench_throughput.py [--device cpu|cuda] [--threads 2]
-        [--iterations 30] [--warmup 5] [--synthetic] [--out bench/results/throughput.md]
+        [--iterations 30] [--warmup 5] [--variants fp32,fp32-cl,bf16,bf16-cl] [--synthetic]
+        [--out bench/results/throughput.md]
 
 ``--out`` keeps one section per device kind: a CUDA run replaces the CUDA section and leaves the CPU one.
 
-The recipe is carve's default CPU recipe: ``carve.training.train.TrainConfig`` defaults (batch 4, patch 32x48x32, AdamW,
-deep supervision, the default augmentation) with the 4-stage 16-128 channel U-Net that
-``carve.training.network.plan_topology`` gives that patch at 1 mm, on the 10 hippocampus10 cases preprocessed as carve's
-pipeline does (``carve.planning.preprocess.preprocess_image``: per-image z-score, already at the plan's 1 mm), or with
-``--synthetic`` (or when the data are missing) 10 cases of the same size from ``carve.pipeline.synth.synthesize_case``.
+The recipe is what carve's pipeline trains on these cases: the plan of ``carve.planning.plan`` (``fingerprint`` and
+``make_plans`` with the default ``PlanOptions``, MR) turned into the fold's ``TrainConfig`` by
+``carve.training.fold.train_config_from`` with no ``train`` keys (the defaults: batch, patch and U-Net as planned,
+AdamW, deep supervision, the default augmentation), on the 10 hippocampus10 cases preprocessed as the pipeline does
+(``carve.planning.preprocess.preprocess_image`` with the plan), or with ``--synthetic`` (or when the data are
+missing) 10 hippocampus-sized cases from ``carve.pipeline.synth.synthesize_case``.
+
+Variants (``--variants``; those the device cannot run in bf16 are left out and said so): ``fp32``; ``bf16``
+(``carve.training.precision.autocast``, as ``train_fold`` runs ``train.precision: bf16``); ``-cl``: the model and
+each batch in ``torch.channels_last_3d`` memory format. Each variant starts from the same seed.
 
 ``carve.training.train.train_fold`` runs its loop in one piece (schedule, validation, checkpoints), so this script
-replicates
-the loop's setup and its training step faithfully, calling the same carve functions in the same order with the
-same arguments: ``configure_determinism``, ``UNet3D``, ``_build_optimizer``, ``spatial_margin``, ``PatchSampler``
-with the enlarged crop and its seeded generator, then per iteration the learning-rate factor (``lr_factor``,
-outside the phases: microseconds), ``PatchSampler.sample``, ``augment_batch`` on the device, the forward pass
-under the same autocast (bfloat16 on CUDA, off on CPU), ``deep_supervision_loss`` and its finiteness check,
-``zero_grad`` and ``backward``, ``clip_grad_norm_(12)``, ``optimizer.step`` and ``float(loss)``. Phases are timed with
+replicates the loop's setup and its training step faithfully, calling the same carve functions in the same order
+with the same arguments: ``configure_determinism``, ``UNet3D``, ``_build_optimizer``, ``spatial_margin``,
+``PatchSampler`` with the enlarged crop and its seeded generator, then per iteration the learning-rate factor
+(``lr_factor``, outside the phases: microseconds), ``PatchSampler.sample``, ``augment_batch`` on the device, the
+forward pass under the variant's autocast, ``deep_supervision_loss`` and its finiteness check, ``zero_grad`` and
+``backward``, ``clip_grad_norm_(12)``, ``optimizer.step`` and ``float(loss)``. Phases are timed with
 ``time.perf_counter`` (on CUDA after ``torch.cuda.synchronize()``):
 
 * sampling: ``PatchSampler.sample`` (random crops with foreground oversampling, numpy);
@@ -28,8 +33,8 @@ under the same autocast (bfloat16 on CUDA, off on CPU), ``deep_supervision_loss`
 
 A free-running pass (no synchronisation between phases) of the same length gives the iterations per second; the
 phase-timed pass follows it. FLOPs per iteration are 3x ``carve.training.network.forward_flops`` x batch (forward plus
-backward); the ceiling is measured in the same run by a Conv3d 3x3x3 (64 channels on 32^3) forward plus backward
-probe under the same threads and precision.
+backward); the ceiling of each precision is measured in the same run by a Conv3d 3x3x3 (64 channels on 32^3)
+forward plus backward probe under the same threads, precision and memory format.
 """
 
 from __future__ import annotations
@@ -51,52 +56,61 @@ import torch
 from machine import cpu_model
 
 from carve.training.augment import augment_batch, spatial_margin
-from carve.training.network import NetworkConfig, UNet3D, forward_flops, plan_topology
+from carve.training.network import UNet3D, forward_flops
+from carve.training.precision import autocast, bf16_available
 from carve.training.sampling import PatchSampler
 from carve.training.train import TrainConfig, _build_optimizer, configure_determinism, deep_supervision_loss, lr_factor
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "results" / "throughput.md"
-TITLE = "# Training throughput: iterations per second and where the time goes"
+TITLE = "# Training throughput: iterations per second in fp32 and bf16, and where the time goes"
+VARIANTS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 PHASES = ("sampling", "augmentation", "forward", "loss", "backward", "optimizer")
 DATA_PHASES, MODEL_PHASES = PHASES[:2], PHASES[2:]
 SPACING_MM = (1.0, 1.0, 1.0)
 
 
-# ---- data ----------------------------------------------------------------------------------------------
-def hippocampus_cases(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The 10 hippocampus10 cases as carve's preprocessing leaves them (z-scored, (1, z, y, x); labels uint8)."""
-    from carve.imaging.io import read_channels, read_image
-    from carve.planning.preprocess import preprocess_image
-
-    plans = {"normalisation": [{"scheme": "zscore_per_image"}], "target_spacing_mm": list(SPACING_MM)}
-    cases = []
-    for path in sorted((folder / "imagesTr").glob("*.nii.gz")):
-        image, geometry = read_channels(path)
-        label, _ = read_image(folder / "labelsTr" / path.name)
-        cases.append((preprocess_image(image, geometry, plans)[0], label.astype(np.uint8)))
-    return cases
-
-
-def synthetic_cases(n: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Hippocampus-sized cases (36x50x36 at 1 mm, labels 0-2) from carve's synthetic demo generator."""
-    from carve.pipeline.synth import synthesize_case
-    from carve.planning.preprocess import normalise
-
-    cases = []
-    for seed in range(n):
-        image, label, _ = synthesize_case(seed, shape=(36, 50, 36), spacing_mm=SPACING_MM)
-        cases.append((normalise(image, {"scheme": "zscore_per_image"})[None], label.astype(np.uint8)))
-    return cases
-
-
-def load_cases(synthetic: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    folder = Path(os.environ.get("CARVE_SHARED_DATA", BENCH.parent.parent / "shared" / "data")) / "hippocampus10"
+# ---- data and the plan ---------------------------------------------------------------------------------
+def case_files(synthetic: bool, folder: Path, scratch: Path) -> tuple[list[tuple[Path, Path]], str]:
+    """(image, label) files of the 10 hippocampus10 cases, or of 10 hippocampus-sized synthetic cases written to
+    ``scratch`` (36x50x36 at 1 mm, labels 0-2, carve.pipeline.synth)."""
     if not synthetic and (folder / "imagesTr").is_dir():
-        cases = hippocampus_cases(folder)
-        return cases, f"hippocampus10 ({len(cases)} cases, {_shape_range(cases)} at 1 mm)"
-    cases = synthetic_cases()
-    return cases, f"synthetic ({len(cases)} cases of {_shape_range(cases)} at 1 mm, carve.pipeline.synth)"
+        paths = [(p, folder / "labelsTr" / p.name) for p in sorted((folder / "imagesTr").glob("*.nii.gz"))]
+        return paths, "hippocampus10"
+    from carve.imaging.io import write_image
+    from carve.pipeline.synth import synthesize_case
+
+    paths = []
+    for seed in range(10):
+        image, label, geometry = synthesize_case(seed, shape=(36, 50, 36), spacing_mm=(1.0, 1.0, 1.0))
+        pair = (scratch / f"case_{seed}_image.nii.gz", scratch / f"case_{seed}_label.nii.gz")
+        write_image(pair[0], image.astype(np.float32), geometry)
+        write_image(pair[1], label.astype(np.uint8), geometry)
+        paths.append(pair)
+    return paths, "synthetic (carve.pipeline.synth)"
+
+
+def planned_recipe(paths: list[tuple[Path, Path]]) -> tuple[dict, TrainConfig]:
+    """carve's plan of these cases (default PlanOptions, MR, labels 1-2) and the fold's TrainConfig from it."""
+    from carve.planning.plan import PlanOptions, fingerprint, make_plans
+    from carve.training.fold import train_config_from
+
+    fp = fingerprint([i for i, _ in paths], [lab for _, lab in paths])
+    plans = make_plans(fp, {1: "anterior", 2: "posterior"}, PlanOptions(modality="MR"))
+    return plans, train_config_from(plans, {}, seed=0, iterations=1)
+
+
+def load_cases(paths: list[tuple[Path, Path]], plans: dict, scratch: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cases as the pipeline's rule ``preprocess`` stores them for training (canonical orientation, the plan's
+    spacing and normalisation; (C, z, y, x) float32, labels uint8)."""
+    from carve.planning.preprocess import load_case, preprocess_case
+
+    cases = []
+    for k, (image, label) in enumerate(paths):
+        preprocess_case(image, label, plans, scratch / f"{k}.npz")
+        data, labels, _ = load_case(scratch / f"{k}.npz")
+        cases.append((data, labels))
+    return cases
 
 
 def _shape_range(cases) -> str:
@@ -106,31 +120,25 @@ def _shape_range(cases) -> str:
 
 
 # ---- the training step, phase by phase -----------------------------------------------------------------
-def default_config() -> TrainConfig:
-    """TrainConfig defaults with the U-Net carve plans for that patch at 1 mm (hippocampus: 3 classes)."""
-    patch = TrainConfig.patch_size
-    strides, kernels = plan_topology(patch, SPACING_MM, max_stages=4)
-    network = NetworkConfig(in_channels=1, n_classes=3, strides=tuple(strides), kernel_sizes=tuple(kernels))
-    return TrainConfig(network=network)
-
-
 class Trainer:
     """train_fold's setup and inner step, with a clock around each phase."""
 
-    def __init__(self, cases, config: TrainConfig, device: str, threads: int):
+    def __init__(self, cases, config: TrainConfig, device: str, threads: int, variant: str = "fp32"):
         torch.set_num_threads(threads)
         configure_determinism(device, config.deterministic)
         self.config, self.device = config, device
         self.net_cfg = replace(config.network, deep_supervision=config.deep_supervision)
         torch.manual_seed(config.seed)
-        self.model = UNet3D(self.net_cfg).to(device)
+        self.channels_last = variant.endswith("-cl")
+        self.memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        self.model = UNet3D(self.net_cfg).to(device, memory_format=self.memory_format)
         self.optimizer = _build_optimizer(self.model, config, logging.getLogger("bench.throughput"))
         margin = spatial_margin(config.augment, config.patch_size, config.spacing_mm)
         self.crop_size = tuple(p + 2 * m for p, m in zip(config.patch_size, margin, strict=True))
         rng = np.random.default_rng([config.seed, 1])
         self.sampler = PatchSampler(cases, self.crop_size, self.net_cfg.n_classes, config.foreground_fraction, rng)
         self.aug_gen = torch.Generator().manual_seed(config.seed + 2)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+        self.precision = variant.removesuffix("-cl")
         self.cuda = str(device).startswith("cuda")
         self.iteration, self.skipped = 0, 0
         self.model.train()
@@ -157,8 +165,9 @@ class Trainer:
             config.spacing_mm,
             self.aug_gen,
         )
+        x = x.contiguous(memory_format=self.memory_format)
         t.append(clock())
-        with self.autocast:
+        with autocast(self.device, self.precision):
             out = self.model(x)
         t.append(clock())
         outputs = out if isinstance(out, list) else [out]
@@ -180,19 +189,20 @@ class Trainer:
         return dict(zip(PHASES, np.diff(t).tolist(), strict=True)) if timed else {"total": t[-1] - t[0]}
 
 
-def ceiling_gflops(device: str, repeats: int = 5) -> float:
-    """GFLOP/s of a Conv3d 3x3x3, 64 channels on 32^3, forward plus backward (3x the forward's FLOPs)."""
-    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device)
-    x = torch.randn(1, 64, 32, 32, 32, device=device, requires_grad=True)
+def ceiling_gflops(device: str, variant: str = "fp32", repeats: int = 5) -> float:
+    """GFLOP/s of a Conv3d 3x3x3, 64 channels on 32^3, forward plus backward (3x the forward's FLOPs), in the
+    variant's precision and memory format."""
+    fmt = torch.channels_last_3d if variant.endswith("-cl") else torch.contiguous_format
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1).to(device, memory_format=fmt)
+    x = torch.randn(1, 64, 32, 32, 32, device=device).contiguous(memory_format=fmt).requires_grad_(True)
     flops = 3 * 2 * 27 * 64 * 64 * 32**3
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
     cuda = str(device).startswith("cuda")
     times = []
     for i in range(repeats + 2):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with autocast:
+        with autocast(device, variant.removesuffix("-cl")):
             y = conv(x)
         y.float().sum().backward()
         if cuda:
@@ -200,6 +210,17 @@ def ceiling_gflops(device: str, repeats: int = 5) -> float:
         if i >= 2:  # two warm-up runs
             times.append(time.perf_counter() - start)
     return flops / statistics.median(times) / 1e9
+
+
+def measure(cases, config: TrainConfig, args, variant: str) -> dict:
+    """One variant: warm-up, a free-running pass, a phase-timed pass, and its ceiling probe."""
+    trainer = Trainer(cases, config, args.device, args.threads, variant)
+    total = args.warmup + 2 * args.iterations
+    for _ in range(args.warmup):
+        trainer.step(trainer.iteration / total, timed=False)
+    free = [trainer.step(trainer.iteration / total, timed=False)["total"] for _ in range(args.iterations)]
+    phases = [trainer.step(trainer.iteration / total, timed=True) for _ in range(args.iterations)]
+    return {"free": free, "phases": phases, "ceiling": ceiling_gflops(args.device, variant), "skipped": trainer.skipped}
 
 
 # ---- report --------------------------------------------------------------------------------------------
@@ -215,54 +236,70 @@ def machine_line(device: str, threads: int) -> str:
     )
 
 
-def render(args, data: str, config: TrainConfig, free, phases, ceiling: float, skipped: int, total_s: float) -> str:
-    per_iter = {p: statistics.mean(ph[p] for ph in phases) for p in PHASES}
-    medians = {p: statistics.median(ph[p] for ph in phases) for p in PHASES}
-    timed_total = sum(per_iter.values())
-    free_mean = statistics.mean(free)
+def _per_iteration(phases) -> dict[str, float]:
+    return {p: statistics.mean(ph[p] for ph in phases) for p in PHASES}
+
+
+def render(args, data: str, config: TrainConfig, results: dict[str, dict], left_out: str, total_s: float) -> str:
     flops = 3 * forward_flops(config.network, config.patch_size) * config.batch_size
-    model_s = sum(per_iter[p] for p in MODEL_PHASES)
-    data_s = sum(per_iter[p] for p in DATA_PHASES)
+    base = statistics.mean(results["fp32"]["free"]) if "fp32" in results else None
+    fp32_ceiling = results["fp32"]["ceiling"] if "fp32" in results else None
     flags = f" --device {args.device} --threads {args.threads} --iterations {args.iterations} --warmup {args.warmup}"
-    flags += " --synthetic" if args.synthetic else ""
-    rows = [
-        f"| {p} | {1e3 * per_iter[p]:.1f} | {1e3 * medians[p]:.1f} | {100 * per_iter[p] / timed_total:.1f}% |"
+    flags += f" --variants {','.join(args.variants)}" + (" --synthetic" if args.synthetic else "")
+    net = config.network
+    summary = []
+    for variant, r in results.items():
+        free_mean = statistics.mean(r["free"])
+        per_iter = _per_iteration(r["phases"])
+        timed = sum(per_iter.values())
+        model_share = sum(per_iter[p] for p in MODEL_PHASES) / timed
+        achieved = flops / free_mean / 1e9
+        speedup = f"{base / free_mean:.2f}x" if base else "-"
+        of_fp32 = f"{100 * achieved / fp32_ceiling:.0f}%" if fp32_ceiling else "-"
+        summary.append(
+            f"| {variant} | {1 / free_mean:.2f} | {statistics.median(r['free']):.3f} | {speedup} | "
+            f"{100 * model_share:.1f}% | {achieved:.1f} | {r['ceiling']:.1f} | {100 * achieved / r['ceiling']:.0f}% | "
+            f"{of_fp32} |"
+        )
+    phase_rows = [
+        f"| {p} | " + " | ".join(f"{1e3 * _per_iteration(r['phases'])[p]:.1f}" for r in results.values()) + " |"
         for p in PHASES
     ]
-    net = config.network
+    phase_rows.append(
+        "| iteration | "
+        + " | ".join(f"{1e3 * sum(_per_iteration(r['phases']).values()):.1f}" for r in results.values())
+        + " |"
+    )
+    skipped = {v: r["skipped"] for v, r in results.items() if r["skipped"]}
     lines = [
         f"### {'CUDA' if args.device.startswith('cuda') else 'CPU'}",
         "",
         f"Machine: {machine_line(args.device, args.threads)}.",
         "",
         f"`python bench/bench_throughput.py{flags}`; whole run {total_s:.0f} s{_load_end()}. Data: {data}. Recipe: "
-        f"TrainConfig defaults, batch {config.batch_size}, patch {'x'.join(map(str, config.patch_size))} "
-        f"(crops of {'x'.join(map(str, _crop(config)))} for the spatial augmentation), U-Net "
-        f"{net.channels[0]}-{net.channels[-1]} channels in {net.n_stages} stages, deep supervision, AdamW; "
-        f"{'bfloat16 autocast' if args.device.startswith('cuda') else 'float32'}. {args.warmup} warm-up iterations, "
-        f"then {args.iterations} free-running and {args.iterations} phase-timed ones"
-        + (f" ({skipped} skipped for a non-finite loss)" if skipped else "")
-        + ".",
+        f"carve's plan of these cases turned into the fold's TrainConfig (no `train` keys): batch {config.batch_size}, "
+        f"patch {'x'.join(map(str, config.patch_size))} (crops of {'x'.join(map(str, _crop(config)))} for the "
+        f"spatial augmentation), U-Net {net.channels[0]}-{net.channels[-1]} channels in {net.n_stages} stages, deep "
+        f"supervision, AdamW. Per variant, from the same seed: {args.warmup} warm-up iterations, then "
+        f"{args.iterations} free-running and {args.iterations} phase-timed ones"
+        + (f" (skipped for a non-finite loss: {skipped})" if skipped else "")
+        + f"; then the variant's ceiling probe. {left_out}",
         "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| iterations per second (free-running) | {1 / free_mean:.2f} |",
-        f"| seconds per iteration (free-running, median) | {statistics.median(free):.3f} |",
-        f"| iterations per second (phase-timed) | {1 / timed_total:.2f} |",
-        f"| model share (forward, loss, backward, optimizer) | {100 * model_s / timed_total:.1f}% |",
-        f"| data share (sampling, augmentation) | {100 * data_s / timed_total:.1f}% |",
-        f"| GFLOP per iteration (3x forward x batch) | {flops / 1e9:.1f} |",
-        f"| GFLOP/s over the whole iteration (free-running) | {flops / free_mean / 1e9:.1f} |",
-        f"| GFLOP/s over forward and backward | {flops / (per_iter['forward'] + per_iter['backward']) / 1e9:.1f} |",
-        f"| ceiling: Conv3d 3x3x3 64 ch on 32^3, forward plus backward, GFLOP/s | {ceiling:.1f} |",
-        f"| whole iteration against the ceiling | {100 * flops / free_mean / 1e9 / ceiling:.0f}% |",
+        f"GFLOP per iteration (3x forward x batch): {flops / 1e9:.1f}. Ceiling: a Conv3d 3x3x3, 64 channels on 32^3, "
+        "forward plus backward, in the variant's precision and memory format.",
         "",
-        "Time per phase (phase-timed pass" + (", synchronised after each phase" if args.device != "cpu" else "") + "):",
+        "| variant | iterations/s | s/iteration (median) | speed-up over fp32 | model share | GFLOP/s | "
+        "ceiling GFLOP/s | share of its ceiling | share of the fp32 ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *summary,
         "",
-        "| phase | mean ms | median ms | share |",
-        "|---|---:|---:|---:|",
-        *rows,
-        f"| iteration | {1e3 * timed_total:.1f} | | 100% |",
+        "Mean ms per phase (phase-timed pass"
+        + (", synchronised after each phase" if args.device != "cpu" else "")
+        + "):",
+        "",
+        "| phase | " + " | ".join(results) + " |",
+        "|---|" + "---:|" * len(results),
+        *phase_rows,
         "",
     ]
     return "\n".join(lines)
@@ -291,29 +328,38 @@ def _crop(config: TrainConfig) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--iterations", type=int, default=30, help="measured iterations per pass")
     parser.add_argument("--warmup", type=int, default=5, help="iterations before measuring")
+    parser.add_argument(
+        "--variants", type=lambda v: v.split(","), default=list(VARIANTS), help=f"comma-separated of {VARIANTS}"
+    )
     parser.add_argument("--synthetic", action="store_true", help="synthetic cases instead of hippocampus10")
     parser.add_argument("--out", type=Path, default=OUT, help="markdown file (this device's section is replaced)")
     if argv is None and __name__ != "__main__":  # called by run_all.py: defaults, not run_all's arguments
         argv = []
     args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: {unknown} not among {VARIANTS}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     start = time.perf_counter()
-    cases, data = load_cases(args.synthetic)
-    config = default_config()
-    trainer = Trainer(cases, config, args.device, args.threads)
-    total = args.warmup + 2 * args.iterations
-    for _ in range(args.warmup):
-        trainer.step(trainer.iteration / total, timed=False)
-    free = [trainer.step(trainer.iteration / total, timed=False)["total"] for _ in range(args.iterations)]
-    phases = [trainer.step(trainer.iteration / total, timed=True) for _ in range(args.iterations)]
-    ceiling = ceiling_gflops(args.device)
-    text = render(args, data, config, free, phases, ceiling, trainer.skipped, time.perf_counter() - start)
+    folder = Path(os.environ.get("CARVE_SHARED_DATA", BENCH.parent.parent / "shared" / "data")) / "hippocampus10"
+    with tempfile.TemporaryDirectory() as scratch:
+        paths, source = case_files(args.synthetic, folder, Path(scratch))
+        plans, config = planned_recipe(paths)
+        cases = load_cases(paths, plans, Path(scratch))
+    data = f"{source} ({len(cases)} cases, {_shape_range(cases)} at the plan's spacing)"
+    runnable = [v for v in args.variants if not v.startswith("bf16") or bf16_available(args.device)]
+    dropped = [v for v in args.variants if v not in runnable]
+    left_out = f"Left out, the device has no native bf16: {', '.join(dropped)}." if dropped else ""
+    results = {variant: measure(cases, config, args, variant) for variant in runnable}
+    text = render(args, data, config, results, left_out, time.perf_counter() - start)
     write_section(args.out, args.device, text)
     print(text)
     return 0

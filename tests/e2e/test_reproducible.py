@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 # Every result the issue on reproducibility names, beyond REPRODUCIBLE: raw predictions, every mesh format, the
 # postprocessing decisions, the assessment tables and the bundle. DICOM-SEG objects get new UIDs by design.
 EVERY = [*REPRODUCIBLE, "cv_raw/*", "predictions_raw/*", "meshes/**/*.*", "postprocessing.json", "assessment/*.tsv"]
-EVERY += ["bundle/**/*.*", "uncertainty/**/*.*", "members.json", "members/*"]
+EVERY += ["bundle/**/*.*", "uncertainty/**/*.*", "members.json", "members/*", "inference_precision.json"]
 # New UIDs and creation times in every DICOM-SEG object; elapsed seconds in a fold's curves and checkpoint.
 ALLOWED_TO_DIFFER = re.compile(r"dicom/.*|models/[^/]+/(checkpoint\.pt|curves\.(tsv|png))")
 
@@ -81,3 +81,30 @@ def test_a_time_budget_becomes_the_planned_count_and_an_edited_count_is_trained(
     done = run_snakemake(workdir, "--cores", "2", target, configs=(E2E_CONFIG, budget))
     assert done.returncode == 0, done.stderr[-5000:]
     assert load_payload(model)["extra"]["iterations"] == 6
+
+
+@pytest.mark.skipif(not bf16_available("cpu"), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_bf16_training_and_prediction_give_the_same_bytes_twice(tmp_path):
+    """bf16 is as reproducible as fp32 on one machine: training and prediction in bf16, run twice from scratch,
+    give the same models, decisions, raw predictions and uncertainty maps; the run records the precision."""
+    bf16 = tmp_path / "bf16.yaml"
+    bf16.write_text("train: {precision: bf16}\npredict: {precision: bf16}\n")
+    targets = [f"results/e2e/{p}" for p in ("predictions_raw/demo_004.nii.gz", "cv_raw/demo_000.nii.gz")]
+    patterns = ["models/*/model.pt", "models/*/config.json", "plans.json", "members.json", "inference_precision.json"]
+    patterns += ["predictions_raw/*", "cv_raw/*", "uncertainty/**/*.*"]
+    runs = []
+    for name in ("bf16_first", "bf16_second"):
+        workdir = _fresh(tmp_path, name)
+        done = run_snakemake(workdir, "--cores", "2", *targets, configs=(E2E_CONFIG, bf16))
+        assert done.returncode == 0, done.stderr[-5000:]
+        runs.append(workdir / "results" / "e2e")
+    first, second = digests(runs[0], patterns), digests(runs[1], patterns)
+    assert {"models/fold_0/model.pt", "predictions_raw/demo_004.nii.gz", "uncertainty/demo_004.nii.gz"} <= set(first)
+    differing = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    assert not differing, differing
+    decision = json.loads((runs[0] / "inference_precision.json").read_text())
+    assert decision["precision"] == "bf16" and decision["precision_from"] == "config"
+    fold = json.loads((runs[0] / "models" / "fold_0" / "config.json").read_text())
+    assert fold["runtime"]["precision"] == "bf16"
+    log = (runs[0] / "logs" / "predict" / "demo_004.log").read_text()
+    assert "forward passes in bf16" in log

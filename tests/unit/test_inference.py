@@ -384,3 +384,54 @@ def test_predict_case_writes_every_map_on_the_case_grid(tmp_path, oblique_geomet
     scores = pd.read_csv(tmp_path / "raw" / "scores.tsv", sep="\t")
     assert scores.loc[0, "case"] == "c" and scores.loc[0, "members"] == 8
     assert scores.loc[0, "predicted_dice_foreground"] == pytest.approx(rows[0]["predicted_dice_foreground"])
+
+
+def _naive_member(model: nn.Module, image: np.ndarray, overlap: float, flip: tuple[int, ...] = ()) -> np.ndarray:
+    """One member's fused probabilities, computed the plain way: every window's (mirrored on ``flip``, the result
+    flipped back) Gaussian-weighted softmax added into a whole-volume array, divided by the summed weights (no
+    padding: the image is at least one patch)."""
+    gaussian = gaussian_importance(PATCH).astype(np.float64)
+    total = np.zeros((N_CLASSES, *image.shape[1:]))
+    weights = np.zeros(image.shape[1:])
+    for start in window_starts(image.shape[1:], PATCH, overlap):
+        window = tuple(slice(s, s + p) for s, p in zip(start, PATCH, strict=True))
+        dims = tuple(a + 2 for a in flip)
+        with torch.no_grad():
+            logits = model(torch.flip(torch.from_numpy(image[(slice(None), *window)][None]), dims))
+            logits = torch.flip(logits, dims)[0]
+        total[(slice(None), *window)] += torch.softmax(logits.double(), 0).numpy() * gaussian
+        weights[window] += gaussian
+    return total / weights
+
+
+@pytest.mark.parametrize("overlap", [0.5, 0.8])
+def test_rows_streamed_through_a_patch_deep_buffer_give_the_whole_volume_result(overlap) -> None:
+    """Without projections each member is folded in row of windows by row (buffers one patch deep): the same
+    bytes as the whole-volume path, and the plain fusion of every window, also where several rows overlap."""
+    image, _ = one_hot_image((13, 9, 7), seed=8)  # 13 > 4: several rows of windows along z
+    image *= 0.3
+    torch.manual_seed(1)
+    models = [PositionDependent(), nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1)]
+    kw = {"overlap": overlap, "mirror_axes": (0,), "member_labels": True}
+    streamed = run(models, image, **kw)
+    whole = run(models, image, member_statistic=lambda p: None, **kw)  # a member statistic needs whole maps
+    assert len(window_starts(image.shape[1:], PATCH, overlap)) > 2 * 2 * 2
+    for name in ("mean_probabilities", "std", "mean_entropy"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(whole, name), err_msg=name)
+    assert all(np.array_equal(a, b) for a, b in zip(streamed.member_labels, whole.member_labels, strict=True))
+    members = [_naive_member(m, image, overlap) for m in models]
+    members += [_naive_member(m, image, overlap, flip=(0,)) for m in models]
+    np.testing.assert_allclose(streamed.mean_probabilities, np.mean(members, 0), atol=1e-5)
+    np.testing.assert_allclose(streamed.std, np.std(members, 0), atol=1e-5)
+    assert [m.dtype for m in streamed.member_labels] == [np.uint8] * 4
+    np.testing.assert_array_equal(streamed.member_labels[0], members[0].argmax(0))
+
+
+def test_without_uncertainty_the_mean_alone_is_kept() -> None:
+    image, _ = one_hot_image((9, 8, 6), seed=9)
+    torch.manual_seed(2)
+    models = [nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1) for _ in range(2)]
+    full = run(models, image * 0.2, mirror_axes=(1,))
+    mean_only = run(models, image * 0.2, mirror_axes=(1,), uncertainty=False)
+    assert mean_only.std is None and mean_only.mean_entropy is None and mean_only.n_members == 4
+    np.testing.assert_array_equal(mean_only.mean_probabilities, full.mean_probabilities)

@@ -45,11 +45,12 @@ class EnsembleResult:
     """Streamed ensemble statistics (see module docstring); spatial arrays are ``(z, y, x)``."""
 
     mean_probabilities: np.ndarray  # (n_classes, z, y, x), float32 or float16
-    mean_entropy: np.ndarray  # (z, y, x) float32, nats: mean over members of each member's entropy
-    std: np.ndarray  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
+    mean_entropy: np.ndarray | None  # (z, y, x) float32, nats: mean over members of each member's entropy
+    std: np.ndarray | None  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
     n_members: int
     member_labels: tuple[np.ndarray, ...] = ()  # (z, y, x) uint8 argmax of each member, with member_labels=True
     member_statistics: tuple[object, ...] = ()  # member_statistic(probabilities) of each member, when given
+    # mean_entropy and std are None with uncertainty=False (the mean alone)
 
 
 class Projection(Protocol):
@@ -143,20 +144,23 @@ def _pad_image(image: np.ndarray, patch: Shape3, pad_value: float | None) -> tup
     return padded, crop
 
 
-def _predict_member(
+def _predict_windows(
     model: nn.Module,
     flip_dims: tuple[int, ...],
     image_t: torch.Tensor,
-    starts: list[Shape3],
+    starts: Sequence[Shape3],
     patch: Shape3,
     gaussian: torch.Tensor,
     out: torch.Tensor,
+    weights: torch.Tensor,
+    z_base: int,
     batch_windows: int,
     precision: str,
 ) -> None:
-    """Accumulate Gaussian-weighted softmax of one member into ``out`` (n_classes, *volume), zeroed first."""
-    out.zero_()
+    """Add one member's Gaussian-weighted softmax over the windows at ``starts`` to ``out`` (n_classes, z, y, x)
+    and the Gaussian to ``weights`` (z, y, x), both covering the volume from z = ``z_base`` on."""
     n_classes = out.shape[0]
+    gaussian_out = gaussian.to(out.dtype)
     for first in range(0, len(starts), batch_windows):
         batch_starts = starts[first : first + batch_windows]
         slicers = [tuple(slice(s, s + p) for s, p in zip(st, patch, strict=True)) for st in batch_starts]
@@ -175,8 +179,89 @@ def _predict_member(
         probabilities = torch.softmax(logits.float(), dim=1)
         probabilities *= gaussian
         probabilities = probabilities.to(out.dtype)
-        for i, sl in enumerate(slicers):
-            out[(slice(None), *sl)] += probabilities[i]
+        for i, (z, y, x) in enumerate(batch_starts):
+            local = (slice(z - z_base, z - z_base + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+            out[(slice(None), *local)] += probabilities[i]
+            weights[local] += gaussian_out
+
+
+def _rows(starts: Sequence[Shape3]) -> list[tuple[int, list[Shape3]]]:
+    """The windows grouped by their z start, in order (``window_starts`` lists them z-major)."""
+    rows: dict[int, list[Shape3]] = {}
+    for start in starts:
+        rows.setdefault(start[0], []).append(start)
+    return sorted(rows.items())
+
+
+class _Statistics:
+    """Running ensemble statistics over the (padded) volume, folded in slab by slab along z: Welford's mean and
+    sum of squared deviations and the entropy sum (``uncertainty``), or the mean alone."""
+
+    def __init__(self, n_classes: int, volume: Shape3, uncertainty: bool, member_labels: bool, **kw) -> None:
+        self.mean = torch.zeros((n_classes, *volume), **kw)
+        self.sq_dev_sum = torch.zeros((n_classes, *volume), **kw) if uncertainty else None  # Welford's M2
+        self.entropy_sum = torch.zeros(volume, **kw) if uncertainty else None
+        self.keep_labels, self.labels = member_labels, None
+        self.volume, self.n_members = volume, 0
+
+    def start_member(self) -> None:
+        self.n_members += 1
+        if self.keep_labels:
+            self.labels = torch.empty(self.volume, dtype=torch.uint8, device=self.mean.device)
+
+    def fold(self, z0: int, probabilities: torch.Tensor) -> None:
+        """Fold the current member's final probabilities of the slab from z = ``z0`` (consumed: overwritten)."""
+        z = slice(z0, z0 + probabilities.shape[1])
+        if self.labels is not None:
+            self.labels[z] = probabilities.argmax(0).to(torch.uint8)
+        if self.entropy_sum is not None:
+            _add_entropy(probabilities, self.entropy_sum[z])
+        n = self.n_members
+        mean = self.mean[:, z]
+        probabilities -= mean  # now delta = p - old mean
+        mean.add_(probabilities, alpha=1.0 / n)
+        if self.sq_dev_sum is not None:
+            self.sq_dev_sum[:, z].addcmul_(probabilities, probabilities, value=(n - 1) / n)  # delta * (p - new mean)
+
+    def member_labels(self, crop: tuple) -> np.ndarray:
+        return np.ascontiguousarray(self.labels[crop].cpu().numpy())
+
+
+def _stream_member(
+    model: nn.Module,
+    flip_dims: tuple[int, ...],
+    image_t: torch.Tensor,
+    rows: list[tuple[int, list[Shape3]]],
+    patch: Shape3,
+    gaussian: torch.Tensor,
+    member: torch.Tensor,
+    weights: torch.Tensor,
+    stats: _Statistics,
+    batch_windows: int,
+    precision: str,
+) -> None:
+    """One member, row of windows by row: ``member`` and ``weights`` hold the volume from z = ``base`` on, one
+    patch deep; after each row the voxels before the next row's start are final: divided by their summed
+    weights and folded into ``stats``, and the buffers move on."""
+    depth = image_t.shape[1]
+    base = rows[0][0]
+    member.zero_()
+    weights.zero_()
+    for i, (z, row) in enumerate(rows):
+        if z > base:  # [base, z) is folded: keep the rest at the front
+            shift, keep = z - base, member.shape[1] - (z - base)
+            member[:, :keep] = member[:, shift:].clone()
+            member[:, keep:] = 0
+            weights[:keep] = weights[shift:].clone()
+            weights[keep:] = 0
+            base = z
+        _predict_windows(
+            model, flip_dims, image_t, row, patch, gaussian, member, weights, base, batch_windows, precision
+        )
+        final = (rows[i + 1][0] if i + 1 < len(rows) else depth) - base
+        slab = member[:, :final]
+        slab /= weights[:final]
+        stats.fold(base, slab)
 
 
 def _add_entropy(member: torch.Tensor, entropy_sum: torch.Tensor, slab_voxels: int = 1 << 22) -> None:
@@ -218,6 +303,7 @@ def sliding_window_probabilities(
     projections: Sequence[Projection] = (),
     member_labels: bool = False,
     member_statistic: Callable[[np.ndarray], object] | None = None,
+    uncertainty: bool = True,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -234,10 +320,14 @@ def sliding_window_probabilities(
     unprojection; a view of the member buffer, valid only during the call) and its results are returned in order, for
     scores that need each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
-    Memory beyond the image: three ``n_classes x volume`` buffers (the member being predicted, the running
-    mean and the running sum of squared deviations) and two volumes (summed window weights and entropy), all
-    in ``accumulate_dtype``; with projections, one projected copy of the image and one float32 volume while a
-    member is unprojected.
+    ``uncertainty=False`` keeps the mean alone (``std`` and ``mean_entropy`` are None).
+
+    Memory beyond the image, in ``accumulate_dtype``: the running mean (``n_classes x volume``), with
+    ``uncertainty`` also the running sum of squared deviations (``n_classes x volume``) and the entropy sum (one
+    volume); and the member being predicted with its summed window weights, one patch deep along z (each row of
+    windows is folded in as soon as the next row starts beyond it) or, with projections or a
+    ``member_statistic``, the whole volume; with projections also one projected copy of the image and one float32
+    volume while a member is unprojected.
     """
     if not models:
         raise ValueError("sliding_window_probabilities needs at least one model")
@@ -260,18 +350,17 @@ def sliding_window_probabilities(
     starts = window_starts(volume, patch, overlap)
     gaussian = torch.from_numpy(gaussian_importance(patch, sigma_scale)).to(device)
 
+    # Without projections or a member statistic (both need a member's whole map) each member is streamed row of
+    # windows by row through buffers one patch deep; otherwise the buffers hold the whole volume.
+    streaming = not projections and member_statistic is None
     kw = {"device": device, "dtype": accumulate_dtype}
-    weight_sum = torch.zeros(volume, **kw)
-    gaussian_acc = gaussian.to(accumulate_dtype)
-    for st in starts:
-        weight_sum[tuple(slice(s, s + p) for s, p in zip(st, patch, strict=True))] += gaussian_acc
-    member = torch.empty((n_classes, *volume), **kw)
-    mean = torch.zeros((n_classes, *volume), **kw)
-    sq_dev_sum = torch.zeros((n_classes, *volume), **kw)  # Welford's M2
-    entropy_sum = torch.zeros(volume, **kw)
+    stats = _Statistics(n_classes, volume, uncertainty, member_labels, **kw)
+    rows = _rows(starts)
+    depth = patch[0] if streaming else volume[0]
+    member = torch.empty((n_classes, depth, *volume[1:]), **kw)
+    weights = torch.empty((depth, *volume[1:]), **kw)
 
     models = [model.to(device).eval() for model in models]
-    n_members = 0
     labels_of_members: list[np.ndarray] = []
     statistics: list[object] = []
     crop: tuple = ()
@@ -282,25 +371,44 @@ def sliding_window_probabilities(
         for model in models:
             for combo in combos:
                 flip_dims = tuple(a + 2 for a in combo)
-                _predict_member(model, flip_dims, image_t, starts, patch, gaussian, member, batch_windows, precision)
-                member /= weight_sum
-                if view is not None:
-                    _unproject(view, member, crop)
-                n_members += 1
+                stats.start_member()
+                if streaming:
+                    args = (rows, patch, gaussian, member, weights, stats, batch_windows, precision)
+                    _stream_member(model, flip_dims, image_t, *args)
+                else:
+                    member.zero_()
+                    weights.zero_()
+                    for _, row in rows:  # the same batches as streamed
+                        _predict_windows(
+                            model,
+                            flip_dims,
+                            image_t,
+                            row,
+                            patch,
+                            gaussian,
+                            member,
+                            weights,
+                            0,
+                            batch_windows,
+                            precision,
+                        )
+                    member /= weights
+                    if view is not None:
+                        _unproject(view, member, crop)
+                    if member_statistic is not None:
+                        statistics.append(member_statistic(member[(slice(None), *crop)].cpu().numpy()))
+                    stats.fold(0, member)
                 if member_labels:
-                    labels_of_members.append(member.argmax(0).to(torch.uint8).cpu().numpy())
-                if member_statistic is not None:
-                    statistics.append(member_statistic(member[(slice(None), *crop)].cpu().numpy()))
-                _add_entropy(member, entropy_sum)
-                member -= mean  # member now holds delta = p - old mean
-                mean.add_(member, alpha=1.0 / n_members)
-                sq_dev_sum.addcmul_(member, member, value=(n_members - 1) / n_members)  # delta * (p - new mean)
+                    labels_of_members.append(stats.member_labels(crop))
         del image_t
+    del member, weights
 
-    sq_dev_sum /= n_members
-    std = sq_dev_sum.clamp_(min=0).sqrt_()
-    entropy_sum /= n_members
-    del member, weight_sum
+    n_members = stats.n_members
+    std = entropy = None
+    if uncertainty:
+        stats.sq_dev_sum /= n_members
+        std = stats.sq_dev_sum.clamp_(min=0).sqrt_()
+        entropy = stats.entropy_sum.div_(n_members)
 
     out_dtype = torch.float16 if half_precision_output else torch.float32
     full = (slice(None), *crop)
@@ -309,10 +417,10 @@ def sliding_window_probabilities(
         return np.ascontiguousarray(t.to(dtype).cpu().numpy())
 
     return EnsembleResult(
-        mean_probabilities=to_numpy(mean[full], out_dtype),
-        mean_entropy=to_numpy(entropy_sum[crop], torch.float32),
-        std=to_numpy(std[full], out_dtype),
+        mean_probabilities=to_numpy(stats.mean[full], out_dtype),
+        mean_entropy=None if entropy is None else to_numpy(entropy[crop], torch.float32),
+        std=None if std is None else to_numpy(std[full], out_dtype),
         n_members=n_members,
-        member_labels=tuple(np.ascontiguousarray(m[crop]) for m in labels_of_members),
+        member_labels=tuple(labels_of_members),
         member_statistics=tuple(statistics),
     )

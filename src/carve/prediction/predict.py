@@ -145,6 +145,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
     from carve.prediction.projection import radial_projections
 
     precision = forward_precision(options, models[0], plans, device)
+    log.info("forward passes in %s on %s (%d members)", precision, device, len(models))
     return sliding_window_probabilities(
         models,
         data,
