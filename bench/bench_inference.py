@@ -13,9 +13,15 @@ a seeded random initialisation (``torch.manual_seed(fold)``): weights do not cha
 loads the same ones from one file. The sides:
 
 * carve: :func:`carve.prediction.inference.sliding_window_probabilities` with ``batch_windows`` as in
-  :class:`carve.prediction.predict.PredictOptions` (2), float32 accumulators; it fuses each window's softmax (Gaussian
-  weighted), averages the members' probabilities and also streams the per-voxel std and entropy across members
-  (work the other sides do not do). ``carve-fp16`` (opt-in, ``--sides``): the same with float16 accumulators.
+  :class:`carve.prediction.predict.PredictOptions` (2), float32 accumulators, in the precision the pipeline's
+  ``predict.precision: auto`` (the default) picks on this machine: decided before the timed call, as rule
+  ``choose_inference_precision`` does, by :func:`carve.prediction.inference_precision.decide_inference_precision`
+  on the first fold model, the patch and the batch (bf16 where the CPU has native bf16 and it is at least 1.2x
+  faster, else fp32). It fuses each window's softmax (Gaussian weighted), averages the members' probabilities and
+  also streams the per-voxel std and entropy across members (work the other sides do not do).
+  ``carve-fp32``: the same in fp32 (the reference of the agreement columns). ``carve-nomaps``: the same as carve
+  with ``uncertainty=False`` (the mean alone, what the other sides compute). ``carve-fp16`` (opt-in,
+  ``--sides``): float32 arithmetic with float16 accumulators.
 * MONAI: ``monai.inferers.sliding_window_inference(mode="gaussian", sigma_scale=1/8)``, called once per fold
   model, as a user would, with ``sw_batch_size`` equal to carve's batch and a predictor that returns the
   network's softmax (so that, as in carve, probabilities are fused); the folds' results are averaged.
@@ -28,10 +34,12 @@ loads the same ones from one file. The sides:
 Every measured run is a fresh Python process; the sides alternate (carve, MONAI, nnU-Net, carve, ...). In each
 process the image (a float32 ``.npy``) and the models are loaded first; then the resident set size is read
 (``/proc/self/statm``) and the ensemble call is timed (wall clock). ``peak RSS`` is the whole process's peak
-(``ru_maxrss``: interpreter, libraries, image and models included); ``added`` is that peak minus the resident
-size just before the call, i.e. what the call itself needed. Agreement is measured after the timing, in the
-same process, against the first carve run of the case: the largest and the mean absolute difference of the
-ensemble's class probabilities, and the fraction of voxels whose argmax differs.
+(``ru_maxrss``: interpreter, libraries, image and models included); ``added`` is the peak during the call (the
+kernel's high-water mark ``VmHWM``, reset just before it through ``/proc/self/clear_refs``; the process's peak where
+that cannot be reset) minus the resident size just before the call, i.e. what the call itself needed. Agreement is
+measured after the timing, in the same process, against the first carve run of the case: the largest and the mean
+absolute difference of the ensemble's class probabilities, and the fraction of voxels whose argmax differs; the
+reference is the case's first ``carve-fp32`` run (the first carve run where that side is not run).
 
 Cases: the TotalSegmentator example CT (122 x 101 x 112 voxels at 3 mm, ``--real-ct``) and a synthetic CT of
 ``--shape`` (z y x; default 300 512 512, from ``bench_inference_memory.synthetic_ct``), both clipped to
@@ -61,8 +69,8 @@ REPO = BENCH.parent
 OUT = BENCH / "results" / "inference.md"
 NNUNET_PYTHON = BENCH / ".venv-nnunet" / "bin" / "python"
 REAL_CT = Path("/work/shared/data/ct/totalsegmentator_example/example_ct.nii.gz")
-SIDES = ("carve", "carve-fp16", "MONAI", "nnU-Net")
-DEFAULT_SIDES = ("carve", "MONAI", "nnU-Net")
+SIDES = ("carve-fp32", "carve", "carve-nomaps", "carve-fp16", "MONAI", "nnU-Net")  # the order of the runs
+DEFAULT_SIDES = ("carve-fp32", "carve", "carve-nomaps", "MONAI", "nnU-Net")
 N_CLASSES = 2
 PATCH = (48, 64, 48)  # z, y, x: carve's CPU patch budget (carve.planning.plan.CPU_PATCH_VOXELS)
 SIGMA_SCALE = 1.0 / 8.0  # every side's Gaussian: sigma = patch / 8
@@ -80,6 +88,22 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (``VmHWM``), so that it measures the call alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _high_water_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def _build_models(weights: dict, n_folds: int) -> list:
     from carve.training.network import NetworkConfig, UNet3D
 
@@ -92,12 +116,15 @@ def _build_models(weights: dict, n_folds: int) -> list:
     return models
 
 
-def _prepare_carve(weights: dict, spec: dict, half: bool):
+def _prepare_carve(weights: dict, spec: dict, side: str):
+    """carve's ensemble call for ``side`` (see the module docstring) and what it ran in."""
     import torch
 
     from carve.prediction.inference import sliding_window_probabilities
 
     models = _build_models(weights, spec["folds"])
+    half = side == "carve-fp16"
+    precision = spec["auto_precision"] if side in ("carve", "carve-nomaps") else "fp32"
 
     def run(image: np.ndarray) -> np.ndarray:
         result = sliding_window_probabilities(
@@ -110,12 +137,14 @@ def _prepare_carve(weights: dict, spec: dict, half: bool):
             batch_windows=spec["batch"],
             device="cpu",
             accumulate_dtype=torch.float16 if half else torch.float32,
+            precision=precision,
             half_precision_output=half,
             sigma_scale=SIGMA_SCALE,
+            uncertainty=side != "carve-nomaps",
         )
         return result.mean_probabilities
 
-    return run, {}
+    return run, {}, precision
 
 
 def _prepare_monai(weights: dict, spec: dict):
@@ -149,7 +178,7 @@ def _prepare_monai(weights: dict, spec: dict):
         total /= len(models)
         return total[0].numpy()
 
-    return run, {"monai": version("monai")}
+    return run, {"monai": version("monai")}, "fp32"
 
 
 def _prepare_nnunet(weights: dict, spec: dict):
@@ -187,7 +216,7 @@ def _prepare_nnunet(weights: dict, spec: dict):
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(image))
         return predictor.label_manager.apply_inference_nonlin(logits).numpy()
 
-    return run, {"nnunetv2": version("nnunetv2")}
+    return run, {"nnunetv2": version("nnunetv2")}, "fp32"
 
 
 def _agreement(probabilities: np.ndarray, reference: np.ndarray) -> dict:
@@ -236,17 +265,18 @@ def child(spec_path: str) -> None:
     torch.set_num_threads(spec["threads"])
     weights = torch.load(spec["weights"], map_location="cpu", weights_only=True)
     side = spec["side"]
-    if side in ("carve", "carve-fp16"):
-        run, versions = _prepare_carve(weights, spec, half=side == "carve-fp16")
+    if side.startswith("carve"):
+        run, versions, precision = _prepare_carve(weights, spec, side)
     elif side == "MONAI":
-        run, versions = _prepare_monai(weights, spec)
+        run, versions, precision = _prepare_monai(weights, spec)
     elif side == "nnU-Net":
-        run, versions = _prepare_nnunet(weights, spec)
+        run, versions, precision = _prepare_nnunet(weights, spec)
     else:
         raise ValueError(f"unknown side {side!r}")
     del weights
     image = np.load(spec["image"])
     gc.collect()
+    reset = _reset_peak()  # else the call's peak is the process's (ru_maxrss), maybe reached before the call
     before, peak_before = _rss_bytes(), _peak_bytes()
     start = time.perf_counter()
     probabilities = run(image)
@@ -256,7 +286,9 @@ def child(spec_path: str) -> None:
         "seconds": seconds,
         "before": before,
         "peak": peak,
+        "call_peak": _high_water_bytes() if reset else peak,
         "peak_before": peak_before,
+        "precision": precision,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, **versions},
     }
     if tuple(probabilities.shape) != (N_CLASSES, *image.shape[1:]):
@@ -264,7 +296,7 @@ def child(spec_path: str) -> None:
     reference = Path(spec["reference"])
     if reference.exists():
         result["agreement"] = _agreement(probabilities, np.load(reference, mmap_mode="r"))
-    elif side != "carve":  # the carve run before it failed
+    elif not spec["reference_side"]:  # the reference run before it failed
         result["agreement"] = None
     else:  # the case's first carve run is the reference of every later one
         np.save(reference, np.asarray(probabilities, dtype=np.float32))
@@ -328,6 +360,24 @@ def prepare_cases(args: argparse.Namespace, folder: Path) -> list[dict]:
     return out
 
 
+def decide_precision(weights: Path, patch: tuple[int, int, int], threads: int) -> dict:
+    """``predict.precision: auto`` as rule ``choose_inference_precision`` decides it, in this (parent) process,
+    before and apart from the measured runs: the first fold model, the patch and carve's window batch."""
+    import torch
+
+    from carve.prediction.inference_precision import decide_inference_precision
+    from carve.prediction.predict import PredictOptions
+
+    torch.set_num_threads(threads)
+    model = _build_models(torch.load(weights, map_location="cpu", weights_only=True), 1)[0]
+    return decide_inference_precision("auto", model, patch, PredictOptions().batch_windows, "cpu")
+
+
+def reference_side(sides: list[str]) -> str:
+    """The side whose first run on a case is the agreement's reference: carve in fp32, else carve."""
+    return "carve-fp32" if "carve-fp32" in sides else "carve"
+
+
 def run_side(side: str, case: dict, args: argparse.Namespace, folder: Path, weights: Path, run_id: int) -> dict:
     """One measured run in a fresh process of the side's Python; a failure is returned, not raised."""
     from carve.prediction.predict import PredictOptions
@@ -343,6 +393,8 @@ def run_side(side: str, case: dict, args: argparse.Namespace, folder: Path, weig
         "batch": PredictOptions().batch_windows,
         "threads": args.threads,
         "reference": str(folder / f"{case['name']}_reference.npy"),
+        "reference_side": side == reference_side(args.sides),
+        "auto_precision": args.auto_precision["precision"],
         "result": str(result_path),
     }
     spec_path = folder / f"spec_{run_id}.json"
@@ -378,6 +430,32 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return " x ".join(str(s) for s in shape[::-1])
 
 
+def _aims(ok: dict[str, list[dict]]) -> str:
+    """issue #21's aims, read off one case: carve's call against nnU-Net's and MONAI's in time, and its added
+    memory against MONAI's with the uncertainty maps (carve) and without (carve-nomaps)."""
+
+    def median(side: str, key) -> float | None:
+        runs = ok.get(side) or []
+        return statistics.median(key(r) for r in runs) if runs else None
+
+    def seconds(side):
+        return median(side, lambda r: r["seconds"])
+
+    def added(side):
+        return median(side, lambda r: r["call_peak"] - r["before"])
+
+    parts = []
+    if seconds("carve") and seconds("nnU-Net"):
+        parts.append(f"carve {seconds('nnU-Net') / seconds('carve'):.2f}x as fast as nnU-Net (aim on bf16: 2.5x)")
+    if seconds("carve") and seconds("MONAI"):
+        parts.append(f"{seconds('MONAI') / seconds('carve'):.2f}x as fast as MONAI (aim: at least 1)")
+    if added("carve") and added("MONAI"):
+        parts.append(f"added memory {added('carve') / added('MONAI'):.2f}x MONAI's with the maps (aim: 1.5x at most)")
+    if added("carve-nomaps") and added("MONAI"):
+        parts.append(f"{added('carve-nomaps') / added('MONAI'):.2f}x without them (aim: 1x at most)")
+    return "; ".join(parts)
+
+
 def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dict, done: int, total: int) -> str:
     from carve.prediction.inference import window_starts
 
@@ -401,13 +479,14 @@ def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dic
         f"overlap {args.overlap:g}, Gaussian sigma 1/8 of the patch, mirroring off, {args.threads} thread(s); "
         f"carve and MONAI predict 2 windows per forward pass, nnU-Net 1. Seconds: the ensemble call only "
         f"(median of {args.repeats} alternating repeat(s)), each in a fresh process; `peak RSS`: the process's "
-        "peak (`ru_maxrss`, interpreter, libraries, image and models included); `added`: that peak minus the "
+        "peak (`ru_maxrss`, interpreter, libraries, image and models included); `added`: the peak during the call "
+        "(`VmHWM`, reset before it) minus the "
         "resident size just before the call. Ratios: the side's value over carve's (above 1: slower, or more "
         "memory, than carve).",
         "",
-        "| case | folds | windows per fold | side | s | s / carve | ms per window | peak RSS (MiB) | added (MiB) "
-        "| added / carve | max abs diff | 99.9% abs diff | mean abs diff | argmax differs |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | folds | windows per fold | side | precision | s | s / carve | ms per window | peak RSS (MiB) | "
+        "added (MiB) | added / carve | max abs diff | 99.9% abs diff | mean abs diff | argmax differs |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for case in cases:
@@ -416,7 +495,9 @@ def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dic
         windows = len(window_starts(padded, args.patch, args.overlap))
         ok = {side: [r for r in results.get((case["name"], side), []) if "failed" not in r] for side in args.sides}
         carve_s = statistics.median(r["seconds"] for r in ok["carve"]) if ok["carve"] else float("nan")
-        carve_added = statistics.median(r["peak"] - r["before"] for r in ok["carve"]) if ok["carve"] else float("nan")
+        carve_added = (
+            statistics.median(r["call_peak"] - r["before"] for r in ok["carve"]) if ok["carve"] else float("nan")
+        )
         label = f"{case['description']}, {_shape_text(shape)} ({np.prod(shape) / 1e6:.2f} M voxels)"
         for side in args.sides:
             runs = results.get((case["name"], side), [])
@@ -425,13 +506,13 @@ def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dic
                 notes.append(f"{side} on {case['name']} failed: `{failed[-1]}`")
             if not ok[side]:
                 if runs:
-                    lines.append(f"| {label} | {case['folds']} | {windows} | {side} | failed | | | | | | | | | |")
+                    lines.append(f"| {label} | {case['folds']} | {windows} | {side} | | failed | | | | | | | | | |")
                 continue
             seconds = statistics.median(r["seconds"] for r in ok[side])
             peak = max(r["peak"] for r in ok[side])
-            added = statistics.median(r["peak"] - r["before"] for r in ok[side])
+            added = statistics.median(r["call_peak"] - r["before"] for r in ok[side])
             agreement = ok[side][-1]["agreement"]
-            if any(r["peak"] == r["peak_before"] for r in ok[side]):
+            if any(r["call_peak"] == r["peak"] == r["peak_before"] for r in ok[side]):
                 notes.append(f"{side} on {case['name']}: the call did not raise the process's peak (`added` is low)")
             diffs = (
                 "no reference | | | |"
@@ -442,11 +523,15 @@ def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dic
                 f"{agreement['argmax_differ']:.2%} |"
             )
             lines.append(
-                f"| {label} | {case['folds']} | {windows} | {side} | {seconds:.1f} | {seconds / carve_s:.2f} | "
+                f"| {label} | {case['folds']} | {windows} | {side} | {ok[side][-1].get('precision', '')} | "
+                f"{seconds:.1f} | {seconds / carve_s:.2f} | "
                 f"{1000 * seconds / (windows * case['folds']):.0f} | {peak / 2**20:.0f} | {added / 2**20:.0f} | "
                 f"{added / carve_added:.2f} | {diffs}"
             )
-        summaries = [r["summary"] for r in ok["carve"] if "summary" in r]
+        aims = _aims(ok)
+        if aims:
+            notes.append(f"{case['name']}: {aims}")
+        summaries = [r["summary"] for r in ok[reference_side(args.sides)] if "summary" in r]
         if summaries:
             s = summaries[0]
             notes.append(
@@ -473,6 +558,10 @@ def render(args: argparse.Namespace, cases: list[dict], results: dict, meta: dic
         "logits, which differs from carve's mean of the folds' probabilities wherever the folds disagree "
         "(random initialisations disagree far more than trained folds, and their windows more than a trained "
         "network's).",
+        "",
+        f"carve's `predict.precision: auto` on this machine (decided once, before the measured runs, as rule "
+        f"`choose_inference_precision` does): {args.auto_precision['precision']} "
+        f"({args.auto_precision['precision_from']}).",
         "",
         *(f"* {note}." for note in notes),
         "",
@@ -508,6 +597,7 @@ def main(argv: list[str] | None = None) -> str:
         cases = prepare_cases(args, folder)
         weights = folder / "weights.pt"
         config, parameters = write_weights(weights, args.patch, max(case["folds"] for case in cases))
+        args.auto_precision = decide_precision(weights, args.patch, args.threads)
         meta = {
             "config": config,
             "parameters": parameters,
