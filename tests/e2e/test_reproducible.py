@@ -75,6 +75,8 @@ def test_a_time_budget_becomes_the_planned_count_and_an_edited_count_is_trained(
     fold = json.loads((model.parent / "config.json").read_text())
     assert fold["train"]["iterations"] == training["iterations"] and fold["runtime"]["threads"] == 1
     assert fold["train"]["precision"] == fold["runtime"]["precision"] == training["precision"]
+    assert fold["train"]["channels_last"] == fold["runtime"]["channels_last"] == training["channels_last"]
+    assert "memory format auto: training step" in log  # a time budget: the layout was timed too
 
     plans["training"]["iterations"] = 6  # a user's edit: training follows it
     plans_path.write_text(json.dumps(plans, indent=2) + "\n")

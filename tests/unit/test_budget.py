@@ -89,6 +89,7 @@ def test_a_time_budget_is_timed_on_the_planned_step_and_recorded() -> None:
         "threads": 2,
         "precision": "fp32",
         "precision_from": "auto: cpu has no native bf16",
+        "channels_last": False,  # timed alike in both memory formats: torch's default layout stays
     }
     noisy = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=lambda *a: [0.305 * 1.04] * 3, bf16=NO_BF16)
     assert noisy["iterations"] == entry["iterations"]  # 4 % slower: the same count
@@ -105,13 +106,15 @@ def test_a_count_is_recorded_without_timing() -> None:
     assert training_budget(PLANS, {"iterations": 77}, 0, 1, measure=measure, bf16=NO_BF16)["iterations"] == 77
 
 
-def step_times(fp32: float, bf16: float):
-    """A stand-in for the timed step: the seconds of the precision it is asked for, and the calls made."""
+def step_times(fp32: float, bf16: float, channels_last: float = 1.0):
+    """A stand-in for the timed step: the seconds of the precision it is asked for (times ``channels_last`` in
+    that memory format), and the calls made."""
     calls = []
 
     def measure(config, device, threads):
-        calls.append(config.precision)
-        return [fp32, fp32 * 1.01, fp32 * 0.99] if config.precision == "fp32" else [bf16] * 3
+        calls.append(config.precision + ("-cl" if config.channels_last else ""))
+        seconds = [fp32, fp32 * 1.01, fp32 * 0.99] if config.precision == "fp32" else [bf16] * 3
+        return [t * channels_last for t in seconds] if config.channels_last else seconds
 
     return measure, calls
 
@@ -119,17 +122,47 @@ def step_times(fp32: float, bf16: float):
 def test_auto_precision_is_timed_and_a_time_budget_is_spent_in_the_faster_one() -> None:
     measure, calls = step_times(fp32=0.40, bf16=0.16)  # 2.5x, as AMX gives
     entry = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=measure, bf16=lambda device: True)
-    assert calls == ["fp32", "bf16"]  # each timed once: the budget reuses bf16's timing
+    assert calls == ["fp32", "bf16", "bf16-cl"]  # each timed once: the budget reuses bf16's timing
     assert entry["precision"] == "bf16" and entry["precision_from"].startswith("auto: timed")
     assert entry["seconds_per_iteration"] == on_grid(0.16) and entry["iterations"] == int(120 / on_grid(0.16))
     assert "seconds_per_step" not in entry and "bf16_speedup" not in entry  # timings to the log: same plans, same bytes
     measure, calls = step_times(fp32=0.40, bf16=0.36)  # 1.11x: not worth bf16's rounding
     entry = training_budget(PLANS, {"iterations": 30}, 0, 2, measure=measure, bf16=lambda device: True)
-    assert calls == ["fp32", "bf16"] and entry["precision"] == "fp32" and entry["iterations"] == 30
+    assert calls == ["fp32", "bf16", "fp32-cl"] and entry["precision"] == "fp32" and entry["iterations"] == 30
+    assert entry["channels_last"] is False
     with pytest.raises(InputError, match="no native bf16"):
         training_budget(PLANS, {"iterations": 30, "precision": "bf16"}, 0, 2, measure=measure, bf16=NO_BF16)
     forced = training_budget(PLANS, {"iterations": 30, "precision": "bf16"}, 0, 2, measure=measure, bf16=lambda d: True)
     assert forced["precision"] == "bf16" and forced["precision_from"] == "config"
+    assert forced["channels_last"] is False  # a precision the config names: nothing timed, torch's default layout
+
+
+def test_auto_trains_channels_last_only_where_it_pays() -> None:
+    measure, calls = step_times(fp32=0.40, bf16=0.20, channels_last=0.8)  # 1.25x more in channels-last
+    entry = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=measure, bf16=lambda device: True)
+    assert calls == ["fp32", "bf16", "bf16-cl"] and entry["precision"] == "bf16" and entry["channels_last"] is True
+    assert entry["seconds_per_iteration"] == on_grid(0.16)  # the budget is spent at the channels-last step time
+    measure, calls = step_times(fp32=0.40, bf16=0.20, channels_last=0.95)  # 1.05x: below the 1.1 it must reach
+    assert (
+        training_budget(PLANS, {"iterations": 9}, 0, 2, measure=measure, bf16=lambda d: True)["channels_last"] is False
+    )
+    plans = {**PLANS, "training": {"iterations": 42, "precision": "bf16", "channels_last": True}}
+    assert train_config_from(plans, {}, seed=0).channels_last is True
+    assert train_config_from({**PLANS, "training": {"iterations": 42}}, {}, 0).channels_last is False  # older plans
+    with pytest.raises(InputError, match="channels_last"):
+        train_config_from({**PLANS, "training": {"iterations": 42, "channels_last": "yes"}}, {}, 0)
+
+
+def test_a_channels_last_step_trains_and_its_weights_are_saved_contiguous(tmp_path) -> None:
+    from carve.training.network import UNet3D, save_model
+
+    config = replace(train_config_from({**PLANS, "training": {"iterations": 1, "channels_last": True}}, {}, 0))
+    assert all(s > 0 for s in time_training_steps(config, "cpu", 1, steps=2, warmup=1))
+    model = UNet3D(config.network).to(memory_format=torch.channels_last_3d)
+    save_model(tmp_path / "m.pt", model, config.network, {})
+    state = load_payload(tmp_path / "m.pt")["state_dict"]
+    assert all(t.is_contiguous() for t in state.values())
+    assert not all(p.is_contiguous() for p in model.parameters())  # the layout really differed
 
 
 def test_the_fold_trains_in_the_planned_precision() -> None:

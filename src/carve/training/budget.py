@@ -88,12 +88,13 @@ def time_training_steps(
 
     from carve.training.augment import spatial_margin
     from carve.training.network import UNet3D
+    from carve.training.precision import memory_format
     from carve.training.train import _build_optimizer, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     network = replace(config.network, deep_supervision=config.deep_supervision)
-    model = UNet3D(network).to(device)
+    model = UNet3D(network).to(device, memory_format=memory_format(config.channels_last))
     optimizer = _build_optimizer(model, replace(config, pretrained=None), LOG)
     margin = spatial_margin(config.augment, config.patch_size, config.spacing_mm)
     crop = tuple(p + 2 * m for p, m in zip(config.patch_size, margin, strict=True))
@@ -130,21 +131,26 @@ def training_budget(
     config's ``train`` keys; ``threads``: those of one training job. ``train.precision`` (default ``auto``) is
     resolved by :func:`carve.training.precision.resolve_precision` (``auto`` times the step in fp32 and bf16 where
     the device has bf16: ``bf16`` says whether, :func:`carve.training.precision.bf16_available` by default). A
-    time budget is then measured in the chosen precision. ``measure(config, device, threads)`` times the step (a
+    time budget is then measured in the chosen precision. Where ``auto`` times anyway (a device with bf16, or a time
+    budget) the chosen precision's step is timed in the channels-last memory format too, kept where it is at least
+    :data:`carve.training.precision.CHANNELS_LAST_MIN_SPEEDUP` times faster (``channels_last``); a precision the
+    config names keeps torch's contiguous layout. ``measure(config, device, threads)`` times the step (a
     stand-in in tests). The timings go to the log only, so that the same decision gives the same plans; the
     manifest records the CPU's bf16 units (:mod:`carve.machine`) beside it."""
     from carve.training.fold import train_config_from
-    from carve.training.precision import DEFAULT_PRECISION, bf16_available, resolve_precision
+    from carve.training.precision import DEFAULT_PRECISION, bf16_available, choose_channels_last, resolve_precision
 
     kind, value = requested_budget(train)
     device = str(plans.get("memory", {}).get("device", "cpu"))
     config = train_config_from(plans, train, seed, iterations=1)
-    timings: dict[str, list[float]] = {}
+    timings: dict[tuple[str, bool], list[float]] = {}
 
-    def timed(precision: str) -> list[float]:
-        if precision not in timings:
-            timings[precision] = list(measure(replace(config, precision=precision), device, threads))
-        return timings[precision]
+    def timed(precision: str, channels_last: bool = False) -> list[float]:
+        key = (precision, channels_last)
+        if key not in timings:
+            variant = replace(config, precision=precision, channels_last=channels_last)
+            timings[key] = list(measure(variant, device, threads))
+        return timings[key]
 
     requested = str(train.get("precision") or DEFAULT_PRECISION)
     decision = resolve_precision(requested, device, timed, available=bf16 or bf16_available)
@@ -157,11 +163,24 @@ def training_budget(
             decision["bf16_speedup"],
             precision,
         )
+    channels_last = False
+    if requested == "auto" and (timings or kind == "time_budget_min"):  # where it times anyway: the layout too
+        layout = choose_channels_last(timed(precision), timed(precision, True))
+        channels_last = layout["channels_last"]
+        log.info(
+            "memory format auto: training step %.4f s contiguous, %.4f s channels-last in %s (medians; x%.2f) -> %s",
+            layout["seconds"]["contiguous"],
+            layout["seconds"]["channels_last"],
+            precision,
+            layout["channels_last_speedup"],
+            "channels-last" if channels_last else "contiguous",
+        )
     runtime = {
         "device": device,
         "threads": int(threads),
         "precision": precision,
         "precision_from": decision["precision_from"],
+        "channels_last": channels_last,
     }
     entry: dict[str, Any] = {"iterations": None, "from": kind}
     if kind != "time_budget_min":
@@ -171,13 +190,13 @@ def training_budget(
         if train.get("time_budget_min") is not None:
             log.info("train.%s gives the count; train.time_budget_min (%s) is not used", kind, train["time_budget_min"])
         return {**entry, **runtime}
-    seconds = timed(precision)
+    seconds = timed(precision, channels_last)
     median = statistics.median(seconds)
     per_iteration = on_grid(median)
     iterations = iterations_for(value, per_iteration)
     log.info(
         "time budget %.3g min: training step %.4f s (median of %d: %s) -> %.3g s per iteration on the grid -> %d "
-        "iterations (%s, %d thread(s), %s)",
+        "iterations (%s, %d thread(s), %s%s)",
         value,
         median,
         len(seconds),
@@ -187,6 +206,7 @@ def training_budget(
         device,
         threads,
         precision,
+        ", channels-last" if channels_last else "",
     )
     return {
         **entry,
@@ -205,6 +225,16 @@ def planned_precision(plans: Mapping[str, Any]) -> str:
     training = plans.get("training")
     value = training.get("precision", "fp32") if isinstance(training, Mapping) else "fp32"
     return resolved(value, "plans.json training.precision")
+
+
+def planned_channels_last(plans: Mapping[str, Any]) -> bool:
+    """Whether a fold of these plans trains in the channels-last memory format (``plans["training"]
+    ["channels_last"]``; contiguous where the plans do not say)."""
+    training = plans.get("training")
+    value = training.get("channels_last", False) if isinstance(training, Mapping) else False
+    if not isinstance(value, bool):
+        raise InputError(f"plans.json training.channels_last: {value!r} is not true or false")
+    return value
 
 
 def planned_iterations(plans: Mapping[str, Any], where: str | Path = "plans.json") -> int:

@@ -18,7 +18,7 @@ from carve.planning.plan import load_plans, plans_for_dataset
 from carve.planning.preprocess import load_case
 from carve.planning.split import fold_of, load_splits
 from carve.prediction.predict import PredictOptions, predict_case, select_device
-from carve.training.budget import BUDGET_KEYS, planned_iterations, planned_precision
+from carve.training.budget import BUDGET_KEYS, planned_channels_last, planned_iterations, planned_precision
 from carve.training.precision import bf16_available
 
 log = logging.getLogger("carve.training.fold")
@@ -57,6 +57,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, ite
         **opts,
         iterations=int(iterations) if iterations is not None else planned_iterations(plans),
         precision=planned_precision(plans),
+        channels_last=planned_channels_last(plans),
         epochs=None,
         time_budget_min=None,
         batch_size=int(plans["batch_size"]),
@@ -136,7 +137,12 @@ def train_one_fold(
         "train_cases": names["train"],
         "val_cases": names["val"],
         "train": config.to_dict(),
-        "runtime": {"device": device, "threads": int(threads), "precision": config.precision},
+        "runtime": {
+            "device": device,
+            "threads": int(threads),
+            "precision": config.precision,
+            "channels_last": config.channels_last,
+        },
         "plans": {
             k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
         },

@@ -105,7 +105,7 @@ class UNet3D(nn.Module):
 def save_model(path: str | os.PathLike, model: nn.Module, network_config: NetworkConfig, extra: dict) -> None:
     """Write weights (tensors) and configuration (primitives) with ``torch.save``, atomically."""
     path = Path(path)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}  # any layout
     payload = {
         "format": MODEL_FORMAT,
         "version": MODEL_FORMAT_VERSION,

@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 RESOLVED = ("fp32", "bf16")
 DEFAULT_PRECISION = "auto"
 MIN_SPEEDUP = 1.2  # auto takes bf16 only when its median step is at least this many times faster than fp32
+CHANNELS_LAST_MIN_SPEEDUP = 1.1  # auto trains channels-last only when that makes the chosen precision this much faster
 LEGACY = {"bf16-autocast": "bf16"}  # plans written before precision was a setting (bf16 on CUDA, fp32 elsewhere)
 
 
@@ -43,6 +44,33 @@ def bf16_available(device: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def choose_channels_last(
+    contiguous_seconds: Sequence[float],
+    channels_last_seconds: Sequence[float],
+    min_speedup: float = CHANNELS_LAST_MIN_SPEEDUP,
+) -> dict:
+    """Whether the ``torch.channels_last_3d`` memory format pays: its median step at least ``min_speedup`` times
+    faster than the contiguous one's (equal speed keeps the contiguous layout, torch's default)."""
+    if not contiguous_seconds or not channels_last_seconds:
+        raise ValueError("choose_channels_last needs timings of both memory formats")
+    contiguous, channels_last = statistics.median(contiguous_seconds), statistics.median(channels_last_seconds)
+    if contiguous <= 0 or channels_last <= 0:
+        raise ValueError(f"step times must be positive, got medians {contiguous} and {channels_last}")
+    speedup = contiguous / channels_last
+    return {
+        "channels_last": speedup >= min_speedup,
+        "seconds": {"contiguous": contiguous, "channels_last": channels_last},
+        "channels_last_speedup": round(speedup, 3),
+    }
+
+
+def memory_format(channels_last: bool):
+    """The torch memory format of a model and its batches: ``channels_last_3d`` or torch's contiguous default."""
+    import torch
+
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
 
 
 def resolved(precision: str, where: str = "precision") -> str:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from carve.training.augment import AugmentConfig, augment_batch, spatial_margin
 from carve.training.network import NetworkConfig, UNet3D, atomic_torch_save, load_payload, save_model
-from carve.training.precision import autocast
+from carve.training.precision import autocast, memory_format
 from carve.training.sampling import PatchSampler
 from carve.training.validation import dice_per_label, predict_volume  # noqa: F401 (re-exported: benchmarks, tests)
 from carve.training.validation import validate_cases as _validate
@@ -81,6 +81,7 @@ class TrainConfig:
     val_time_fraction: float = 0.1  # validation is skipped at epoch ends once it costs more than this
     deterministic: bool = True  # CUDA: deterministic kernels (CPU training is deterministic regardless)
     precision: str = "fp32"  # fp32 or bf16 autocast of the forward pass (resolved from `auto` by the plan)
+    channels_last: bool = False  # model and batches in torch.channels_last_3d (chosen by `auto` where it pays)
     contrastive_weight: float = (
         0.0  # several datasets: multi-scale contrastive regulariser (carve.training.multidomain)
     )
@@ -250,6 +251,7 @@ def train_step(
         config.spacing_mm,
         generator,
     )
+    x = x.contiguous(memory_format=memory_format(config.channels_last))
     with autocast(device, config.precision):
         out = model(x)
     outputs = [o.float() for o in out] if isinstance(out, list) else [out.float()]
@@ -305,7 +307,7 @@ def train_fold(
         if lab.max(initial=0) >= n_classes:
             raise ValueError(f"case {i}: label value {int(lab.max())} >= n_classes {n_classes}")
     torch.manual_seed(config.seed)
-    model = UNet3D(net_cfg).to(device)
+    model = UNet3D(net_cfg).to(device, memory_format=memory_format(config.channels_last))
     optimizer = _build_optimizer(model, config, log)
     margin = spatial_margin(config.augment, config.patch_size, config.spacing_mm)
     crop_size = tuple(p + 2 * m for p, m in zip(config.patch_size, margin, strict=True))
