@@ -370,7 +370,7 @@ def decide_precision(weights: Path, patch: tuple[int, int, int], threads: int) -
 
     torch.set_num_threads(threads)
     model = _build_models(torch.load(weights, map_location="cpu", weights_only=True), 1)[0]
-    return decide_inference_precision("auto", model, patch, PredictOptions().batch_windows, "cpu")
+    return decide_inference_precision("auto", model, patch, PredictOptions().batch_windows, "cpu", in_channels=1)
 
 
 def reference_side(sides: list[str]) -> str:

@@ -42,7 +42,7 @@ def test_auto_keeps_bf16_only_when_it_is_clearly_faster(caplog) -> None:
     model = UNet3D(NET)
     with caplog.at_level(logging.INFO, logger="carve.prediction.inference_precision"):
         fast = decide_inference_precision(
-            "auto", model, PATCH, 2, "cpu", measure=_stub(0.30, 0.12, asked), available=lambda d: True
+            "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.12, asked), available=lambda d: True
         )
     assert asked == ["fp32", "bf16"]
     assert fast == {
@@ -56,27 +56,29 @@ def test_auto_keeps_bf16_only_when_it_is_clearly_faster(caplog) -> None:
     }
     assert "2 window(s) of 8x16x12 in 0.3000 s fp32, 0.1200 s bf16 (medians; x2.50) -> bf16" in caplog.text
     slow = decide_inference_precision(
-        "auto", model, PATCH, 2, "cpu", measure=_stub(0.30, 0.27, []), available=lambda d: True
+        "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.27, []), available=lambda d: True
     )
     assert slow["precision"] == "fp32"  # 1.11x: not worth the rounding
     asked.clear()
     none = decide_inference_precision(
-        "auto", model, PATCH, 2, "cpu", measure=_stub(0.3, 0.1, asked), available=lambda d: False
+        "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.3, 0.1, asked), available=lambda d: False
     )
     assert asked == [] and none["precision"] == "fp32" and none["precision_from"] == "auto: cpu has no native bf16"
     fixed = decide_inference_precision(
-        "fp32", model, PATCH, 2, "cpu", measure=_stub(0.3, 0.1, asked), available=lambda d: True
+        "fp32", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.3, 0.1, asked), available=lambda d: True
     )
     assert asked == [] and fixed["precision"] == "fp32" and fixed["precision_from"] == "config"
     with pytest.raises(InputError, match="predict.precision: 'half' is not one of auto, fp32, bf16"):
-        decide_inference_precision("half", model, PATCH, 2, "cpu")
+        decide_inference_precision("half", model, PATCH, 2, "cpu", in_channels=1)
     with pytest.raises(InputError, match="no native bf16"):
-        decide_inference_precision("bf16", model, PATCH, 2, "cpu", available=lambda d: False)
+        decide_inference_precision("bf16", model, PATCH, 2, "cpu", in_channels=1, available=lambda d: False)
 
 
 def test_window_batches_are_timed_after_the_warm_up() -> None:
     ticks = iter(range(100))
-    seconds = time_window_batches(UNet3D(NET), PATCH, 2, "cpu", "fp32", batches=3, warmup=2, timer=lambda: next(ticks))
+    seconds = time_window_batches(
+        UNet3D(NET), PATCH, 2, "cpu", "fp32", in_channels=1, batches=3, warmup=2, timer=lambda: next(ticks)
+    )
     assert seconds == [1, 1, 1]  # one start and one stop tick per pass; the 2 warm-up passes are not counted
 
 
@@ -116,12 +118,12 @@ def test_the_decision_file_is_what_every_job_reads(tmp_path, caplog) -> None:
 
 def test_forward_precision_falls_back_where_the_device_has_no_bf16(monkeypatch, caplog) -> None:
     model, plans = UNet3D(NET), {"patch_size": list(PATCH)}
-    assert forward_precision(PredictOptions(precision="fp32"), model, plans, "cpu") == "fp32"
+    assert forward_precision(PredictOptions(precision="fp32"), model, plans, "cpu", 1) == "fp32"
     monkeypatch.setattr("carve.training.precision.bf16_available", lambda device: False)
     with caplog.at_level(logging.WARNING, logger="carve.prediction.predict"):
-        assert forward_precision(PredictOptions(precision="bf16"), model, plans, "cpu") == "fp32"
+        assert forward_precision(PredictOptions(precision="bf16"), model, plans, "cpu", 1) == "fp32"
     assert "no native bf16: predicting in fp32" in caplog.text
-    assert forward_precision(PredictOptions(precision="auto"), model, plans, "cpu") == "fp32"  # nothing to time
+    assert forward_precision(PredictOptions(precision="auto"), model, plans, "cpu", 1) == "fp32"  # nothing to time
 
 
 def test_sliding_window_refuses_an_unresolved_precision() -> None:

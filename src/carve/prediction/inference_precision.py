@@ -42,21 +42,21 @@ def time_window_batches(
     device: str,
     precision: str,
     *,
+    in_channels: int,
     batches: int = TIMED_BATCHES,
     warmup: int = WARMUP_BATCHES,
     seed: int = 0,
     timer: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
     """Seconds of each of ``batches`` forward passes (after ``warmup`` untimed ones) of ``model`` over
-    ``batch_windows`` random windows of ``patch_size``, under inference mode in ``precision``, with the float32
-    softmax prediction takes."""
+    ``batch_windows`` random windows of ``in_channels`` x ``patch_size``, under inference mode in ``precision``,
+    with the float32 softmax prediction takes."""
     import torch
 
     from carve.training.precision import autocast
 
-    in_channels = int(model.config.in_channels)
     generator = torch.Generator().manual_seed(seed)
-    batch = torch.randn((batch_windows, in_channels, *map(int, patch_size)), generator=generator).to(device)
+    batch = torch.randn((batch_windows, int(in_channels), *map(int, patch_size)), generator=generator).to(device)
     model = model.to(device).eval()
     seconds = []
     with torch.inference_mode():
@@ -81,15 +81,18 @@ def decide_inference_precision(
     batch_windows: int,
     device: str,
     *,
+    in_channels: int,
     measure: Callable[[str], Sequence[float]] | None = None,
     available: Callable[[str], bool] = bf16_available,
     log: logging.Logger = LOG,
 ) -> dict[str, Any]:
     """The decision record: ``requested`` (the config's ``predict.precision``) resolved on ``device`` by timing
-    ``model`` (``measure(precision)`` replaces the timing in tests)."""
+    ``model`` on windows of ``in_channels`` x ``patch_size`` (``measure(precision)`` replaces the timing in tests)."""
     if requested not in PRECISIONS:
         raise InputError(f"predict.precision: '{requested}' is not one of {', '.join(PRECISIONS)}")
-    timer = measure or (lambda p: time_window_batches(model, patch_size, batch_windows, device, p))
+    timer = measure or (
+        lambda p: time_window_batches(model, patch_size, batch_windows, device, p, in_channels=in_channels)
+    )
     decision = resolve_precision(requested, device, timer, available=available)
     if "bf16_speedup" in decision:
         log.info(
@@ -138,7 +141,14 @@ def choose_inference_precision(
     plans = load_plans(plans_path)
     model = load_model(model_paths[0], device=device)[0]
     options = PredictOptions.from_config(predict_options)
-    decision = decide_inference_precision(options.precision, model, plans["patch_size"], options.batch_windows, device)
+    decision = decide_inference_precision(
+        options.precision,
+        model,
+        plans["patch_size"],
+        options.batch_windows,
+        device,
+        in_channels=len(plans["channels"]),
+    )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out), json.dumps(decision, indent=2) + "\n")
     return decision

@@ -117,17 +117,18 @@ def prediction_mirror_axes(plans: Mapping, requested: Sequence[int] | None = Non
     return axes
 
 
-def forward_precision(options: PredictOptions, model, plans: Mapping, device: str) -> str:
+def forward_precision(options: PredictOptions, model, plans: Mapping, device: str, in_channels: int) -> str:
     """``options.precision`` as the forward passes run it: ``fp32``; ``bf16`` (fp32, with a warning, on a device
-    without native bf16); ``auto`` decided here by timing ``model`` (the pipeline decides once per run instead,
-    rule ``choose_inference_precision``, and passes the decision)."""
+    without native bf16); ``auto`` decided here by timing ``model`` on windows of ``in_channels`` channels (the
+    pipeline decides once per run instead, rule ``choose_inference_precision``, and passes the decision)."""
     from carve.prediction.inference_precision import decide_inference_precision
     from carve.training.precision import bf16_available
 
     if options.precision == "auto":
-        return decide_inference_precision("auto", model, plans["patch_size"], options.batch_windows, device)[
-            "precision"
-        ]
+        decision = decide_inference_precision(
+            "auto", model, plans["patch_size"], options.batch_windows, device, in_channels=in_channels
+        )
+        return decision["precision"]
     if options.precision == "bf16" and not bf16_available(device):
         log.warning("predict.precision bf16, but %s has no native bf16: predicting in fp32", device)
         return "fp32"
@@ -144,7 +145,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
     from carve.prediction.inference import sliding_window_probabilities
     from carve.prediction.projection import radial_projections
 
-    precision = forward_precision(options, models[0], plans, device)
+    precision = forward_precision(options, models[0], plans, device, in_channels=data.shape[0])
     log.info("forward passes in %s on %s (%d members)", precision, device, len(models))
     return sliding_window_probabilities(
         models,
