@@ -53,25 +53,21 @@ def time_window_batches(
     with the float32 softmax prediction takes."""
     import torch
 
-    from carve.training.precision import autocast
+    from carve.training.precision import autocast, timed_calls
 
     generator = torch.Generator().manual_seed(seed)
     batch = torch.randn((batch_windows, int(in_channels), *map(int, patch_size)), generator=generator).to(device)
     model = model.to(device).eval()
-    seconds = []
+
+    def forward() -> None:
+        with autocast(device, precision):
+            logits = model(batch)
+        if isinstance(logits, list | tuple):
+            logits = logits[0]
+        torch.softmax(logits.float(), dim=1)
+
     with torch.inference_mode():
-        for i in range(warmup + batches):
-            start = timer()
-            with autocast(device, precision):
-                logits = model(batch)
-            if isinstance(logits, list | tuple):
-                logits = logits[0]
-            torch.softmax(logits.float(), dim=1)
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                seconds.append(timer() - start)
-    return seconds
+        return timed_calls(forward, device, batches, warmup, timer)
 
 
 def decide_inference_precision(

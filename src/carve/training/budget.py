@@ -88,7 +88,7 @@ def time_training_steps(
 
     from carve.training.augment import spatial_margin
     from carve.training.network import UNet3D
-    from carve.training.precision import memory_format
+    from carve.training.precision import memory_format, timed_calls
     from carve.training.train import _build_optimizer, train_step
 
     torch.set_num_threads(threads)
@@ -103,15 +103,11 @@ def time_training_steps(
     labels = rng.integers(0, network.n_classes, (config.batch_size, *crop)).astype(np.int64)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
-    seconds = []
-    for i in range(warmup + steps):
-        start = timer()
+
+    def step() -> None:
         train_step(model, optimizer, images, labels, config, network, generator, device)
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            seconds.append(timer() - start)
-    return seconds
+
+    return timed_calls(step, device, steps, warmup, timer)
 
 
 def training_budget(

@@ -46,6 +46,19 @@ def bf16_available(device: str) -> bool:
         return False
 
 
+def _timed_speedup(
+    baseline: Sequence[float], candidate: Sequence[float], names: tuple[str, str], missing: str
+) -> tuple[float, float, float]:
+    """The medians of two sets of timed steps and the baseline's over the candidate's (the candidate's speed-up);
+    ``missing``: the error where either set is empty."""
+    if not baseline or not candidate:
+        raise ValueError(missing)
+    slow, fast = statistics.median(baseline), statistics.median(candidate)
+    if slow <= 0 or fast <= 0:
+        raise ValueError(f"step times must be positive, got medians {slow} ({names[0]}) and {fast} ({names[1]})")
+    return slow, fast, slow / fast
+
+
 def choose_channels_last(
     contiguous_seconds: Sequence[float],
     channels_last_seconds: Sequence[float],
@@ -53,17 +66,32 @@ def choose_channels_last(
 ) -> dict:
     """Whether the ``torch.channels_last_3d`` memory format pays: its median step at least ``min_speedup`` times
     faster than the contiguous one's (equal speed keeps the contiguous layout, torch's default)."""
-    if not contiguous_seconds or not channels_last_seconds:
-        raise ValueError("choose_channels_last needs timings of both memory formats")
-    contiguous, channels_last = statistics.median(contiguous_seconds), statistics.median(channels_last_seconds)
-    if contiguous <= 0 or channels_last <= 0:
-        raise ValueError(f"step times must be positive, got medians {contiguous} and {channels_last}")
-    speedup = contiguous / channels_last
+    names = ("contiguous", "channels_last")
+    contiguous, channels_last, speedup = _timed_speedup(
+        contiguous_seconds, channels_last_seconds, names, "choose_channels_last needs timings of both memory formats"
+    )
     return {
         "channels_last": speedup >= min_speedup,
         "seconds": {"contiguous": contiguous, "channels_last": channels_last},
         "channels_last_speedup": round(speedup, 3),
     }
+
+
+def timed_calls(
+    call: Callable[[], object], device: str, count: int, warmup: int, timer: Callable[[], float]
+) -> list[float]:
+    """Seconds of each of ``count`` calls of ``call`` after ``warmup`` untimed ones, waiting for CUDA's queue."""
+    import torch
+
+    seconds = []
+    for i in range(warmup + count):
+        start = timer()
+        call()
+        if device_type(device) == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            seconds.append(timer() - start)
+    return seconds
 
 
 def memory_format(channels_last: bool):
@@ -91,12 +119,9 @@ def autocast(device: str, precision: str):
 def choose(fp32_seconds: Sequence[float], bf16_seconds: Sequence[float], min_speedup: float = MIN_SPEEDUP) -> dict:
     """The faster precision from timed steps: bf16 when the fp32 median over the bf16 median reaches
     ``min_speedup``, else fp32 (equal speed keeps fp32: its arithmetic is the reference)."""
-    if not fp32_seconds or not bf16_seconds:
-        raise ValueError("choose needs timings of both precisions")
-    fp32, bf16 = statistics.median(fp32_seconds), statistics.median(bf16_seconds)
-    if fp32 <= 0 or bf16 <= 0:
-        raise ValueError(f"step times must be positive, got medians {fp32} (fp32) and {bf16} (bf16)")
-    speedup = fp32 / bf16
+    fp32, bf16, speedup = _timed_speedup(
+        fp32_seconds, bf16_seconds, ("fp32", "bf16"), "choose needs timings of both precisions"
+    )
     return {
         "precision": "bf16" if speedup >= min_speedup else "fp32",
         "seconds": {"fp32": fp32, "bf16": bf16},
