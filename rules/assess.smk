@@ -79,7 +79,7 @@ rule assess_uncertainty:
 
 rule review_cases:
     input:
-        scores=[f"{R}/uncertainty/{c}.tsv" for c in CASES],
+        scores=[f"{R}/uncertainty/{c}.tsv" for c in PREDICTED],
         cases=f"{R}/metrics/cases.tsv",
         failures=f"{R}/assessment/failure_detection.tsv",
     output:

@@ -20,6 +20,7 @@ CASES = RUN.cases
 TRAIN = RUN.train
 TEST = RUN.test
 LABELLED_TEST = RUN.labelled_test
+PREDICTED = RUN.predicted
 FOLDS = RUN.folds
 DEMO = RUN.demo
 
@@ -28,6 +29,7 @@ wildcard_constraints:
     case=RUN.constraints()["case"],
     test_case=RUN.constraints()["test_case"],
     train_case=RUN.constraints()["train_case"],
+    unlabelled_case=RUN.constraints()["unlabelled_case"],
     fold=RUN.constraints()["fold"],
 
 
@@ -114,6 +116,9 @@ manifest_sources = RUN.manifest_sources
 predict_options = RUN.predict_options
 train_params = RUN.train_params
 budget_params = RUN.budget_params
+budget_semi_supervised = RUN.budget_semi_supervised
+semi_supervised_params = RUN.semi_supervised_params
+unlabelled_preprocessed = RUN.unlabelled_preprocessed
 train_runtime_min = RUN.train_runtime_min
 evaluated_cases = RUN.evaluated_cases
 learning_curve_sizes = RUN.learning_curve_sizes

@@ -4,7 +4,7 @@ if DEMO is not None:
         output:
             sheet=config["cases"],
             images=[directory(str(c.image)) for c in CASES.values()],
-            labels=[str(c.label) for c in CASES.values()],
+            labels=[str(c.label) for c in CASES.values() if c.has_label],
         log:
             f"{R}/logs/generate_demo/generate_demo.log",
         benchmark:

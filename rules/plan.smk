@@ -15,6 +15,7 @@ rule plan:
         datasets=plan_datasets(),
         plan=config["plan"],
         train=budget_params(),
+        semi_supervised=budget_semi_supervised(),
         device=config["device"],
         seed=config["seed"],
     # as many as one training job: a time budget becomes iterations by timing the training step with them
@@ -74,3 +75,23 @@ rule preprocess:
         "../envs/imaging.yaml"
     script:
         "../workflow/scripts/preprocess.py"
+
+
+rule preprocess_unlabelled:
+    input:
+        image=f"{R}/nifti/{{unlabelled_case}}/image.nii.gz",
+        plans=f"{R}/plans.json",
+    output:
+        case=f"{R}/preprocessed/unlabelled/{{unlabelled_case}}.npz",
+    log:
+        f"{R}/logs/preprocess_unlabelled/{{unlabelled_case}}.log",
+    benchmark:
+        f"{R}/benchmarks/preprocess_unlabelled/{{unlabelled_case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/preprocess_unlabelled.py"

@@ -3,6 +3,7 @@ rule train_fold:
         plans=f"{R}/plans.json",
         splits=f"{R}/splits.json",
         cases=[f"{R}/preprocessed/{c}.npz" for c in TRAIN],
+        unlabelled=unlabelled_preprocessed(),
     output:
         model=f"{R}/models/fold_{{fold}}/model.pt",
         config=f"{R}/models/fold_{{fold}}/config.json",
@@ -17,6 +18,7 @@ rule train_fold:
         seed=config["seed"],
         device=config["device"],
         case_datasets=train_case_datasets(),
+        semi_supervised=semi_supervised_params(),
     threads: config["threads"]
     resources:
         mem_mb=16000,

@@ -144,3 +144,46 @@ def test_a_label_named_like_the_mean_over_labels_is_refused(data: Path) -> None:
     with pytest.raises(ConfigError, match="1: foreground is a reserved name"):
         resolve_run({**base, "labels": {1: "foreground", 2: "lesion"}})
     assert resolve_run({**base, "labels": {1: "foreground_lesion"}}).labels == {1: "foreground_lesion"}
+
+
+# ---- semi-supervised: unlabelled rows, the transductive switch and their errors ---------------------------------
+def test_unlabelled_rows_are_read_by_training_only(data: Path) -> None:
+    rows = [*train_rows(), ("t", "c_img.nii.gz", "c_lab.nii.gz", "test"), ("u1", "a_img.nii.gz", "", "unlabelled")]
+    rows.append(("u0", "b_img.nii.gz", "", "unlabelled"))
+    config = {"cases": sheet(data / "s.tsv", rows), "labels": {1: "organ"}, "folds": 3}
+    run = resolve_run({**config, "semi_supervised": {"method": "mean_teacher"}})
+    assert run.train == ["a", "b", "c"] and run.test == ["t"] and run.predicted == ["a", "b", "c", "t"]
+    assert run.unlabelled_images == ["u0", "u1"]
+    assert run.unlabelled_preprocessed() == [f"results/preprocessed/unlabelled/{c}.npz" for c in ("u0", "u1")]
+    assert run.budget_semi_supervised() == {"method": "mean_teacher", "unlabelled_per_batch": 2}
+    assert run.semi_supervised_params()["method"] == "mean_teacher"
+    outputs = run.all_outputs()
+    assert not [o for o in outputs if "/u0" in o or "/u1" in o]  # never segmented, meshed or previewed
+    assert "results/cv/a.nii.gz" in outputs and "results/predictions/t.nii.gz" in outputs
+    assert str(data / "a_img.nii.gz") in run.manifest_sources()
+    assert "u0" in run.constraints()["unlabelled_case"] and "t" not in run.constraints()["unlabelled_case"]
+    # transductive: the test case's image too (never its label)
+    both = resolve_run({**config, "semi_supervised": {"method": "mean_teacher", "use_test_images": True}})
+    assert both.unlabelled_images == ["t", "u0", "u1"] and both.predicted == ["a", "b", "c", "t"]
+    # method none: nothing unlabelled is read, the plan is not timed for it, and the user is told
+    warnings: list[str] = []
+    plain = resolve_run(config, warn=warnings.append)
+    assert plain.unlabelled_images == [] and plain.unlabelled_preprocessed() == []
+    assert plain.budget_semi_supervised() == {} and plain.semi_supervised_params() == {"method": "none"}
+    assert len(warnings) == 1 and "2 case(s) of role unlabelled" in warnings[0] and "method is none" in warnings[0]
+
+
+def test_semi_supervised_errors_name_the_key_or_the_row(data: Path) -> None:
+    labelled = [*train_rows()]
+    config = {"cases": sheet(data / "s.tsv", labelled), "labels": {1: "organ"}, "folds": 3}
+    with pytest.raises(ConfigError, match=r"semi_supervised.method: 'mean_teacher' needs images without labels"):
+        resolve_run({**config, "semi_supervised": {"method": "mean_teacher"}})
+    with pytest.raises(ConfigError, match="use_test_images is on, but there are no test cases"):
+        resolve_run({**config, "semi_supervised": {"method": "mean_teacher", "use_test_images": True}})
+    with pytest.raises(ConfigError, match="semi_supervised"):  # the schema names the key
+        resolve_run({**config, "semi_supervised": {"method": "mean_teacher", "ema_decay": 1.0}})
+    with pytest.raises(ConfigError, match="semi_supervised"):
+        resolve_run({**config, "semi_supervised": {"method": "co_training"}})
+    bad = [*labelled, ("u", "a_img.nii.gz", "a_lab.nii.gz", "unlabelled")]
+    with pytest.raises(ConfigError, match=r"row 5, case 'u': an unlabelled case has no label"):
+        resolve_run({**config, "cases": sheet(data / "bad.tsv", bad)})

@@ -211,3 +211,90 @@ def test_determinism_switch_sets_torch_flags() -> None:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.backends.cudnn.deterministic = before[1]
         torch.backends.cudnn.benchmark = False
+
+
+# ---- mean teacher (semi-supervised, issue #19) -----------------------------------------------------------------
+def _mean_teacher(**kw):
+    from carve.training.semi_supervised import SemiSupervisedOptions
+
+    return SemiSupervisedOptions(method="mean_teacher", **{"unlabelled_per_batch": 1, **kw})
+
+
+UNLABELLED = [_sphere_case(s)[0][None] for s in range(10, 13)]
+
+
+def test_mean_teacher_step_moves_the_teacher_towards_the_network_and_pulls_the_network_to_it() -> None:
+    from carve.training.network import UNet3D
+    from carve.training.train import _build_optimizer, mean_teacher_step
+
+    config = _config()
+    torch.manual_seed(0)
+    model = UNet3D(replace(NET, deep_supervision=True))
+    teacher = UNet3D(replace(NET, deep_supervision=True))  # another start: the EMA must close the gap
+    optimizer = _build_optimizer(model, config, train_mod.LOG)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 1, 8, 16, 16)).astype(np.float32)
+    labels = (images[:, 0] > 0).astype(np.uint8)
+    unlabelled = rng.standard_normal((1, 1, 8, 16, 16)).astype(np.float32)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    loss, consistency = mean_teacher_step(
+        model, teacher, optimizer, images, labels, unlabelled, config, NET, torch.Generator().manual_seed(0), "cpu",
+        _mean_teacher(ema_decay=0.5), 1.0, 10,
+    )  # fmt: skip
+    assert math.isfinite(loss) and consistency > 0
+    for name, now in teacher.state_dict().items():  # decay 0.5: halfway between its old self and the network
+        np.testing.assert_allclose(now, 0.5 * before[name] + 0.5 * model.state_dict()[name], rtol=1e-5, atol=1e-6)
+    # the first step's decay is 1 - 1/(0 + 1) = 0: the teacher becomes the network
+    mean_teacher_step(
+        model, teacher, optimizer, images, labels, unlabelled, config, NET, torch.Generator().manual_seed(1), "cpu",
+        _mean_teacher(ema_decay=0.99), 0.0, 0,
+    )  # fmt: skip
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_mean_teacher_fold_saves_the_teacher_with_both_dice_and_resumes_exactly(tmp_path, monkeypatch) -> None:
+    config, semi = _config(epochs=3), _mean_teacher()
+    path = train_fold(TRAIN, VAL, config, tmp_path / "ref", unlabelled=UNLABELLED, semi=semi)
+    model, extra = load_model(path)
+    record = extra["semi_supervised"]
+    assert record["method"] == "mean_teacher" and record["saved"] == "teacher" and record["unlabelled_images"] == 3
+    assert record["teacher_val_dice"] == extra["val_dice"] and len(record["student_val_dice"]) == 1
+    ckpt = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(v, ckpt["teacher"][k]) for k, v in model.state_dict().items())  # model.pt = teacher
+    assert not all(torch.equal(v, ckpt["model"][k]) for k, v in model.state_dict().items())
+    # the same again: the same bytes; a supervised fold of the same config: other weights
+    again = _weights(train_fold(TRAIN, VAL, config, tmp_path / "again", unlabelled=UNLABELLED, semi=semi))
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    plain = _weights(train_fold(TRAIN, VAL, config, tmp_path / "plain"))
+    assert not all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    # killed after its first epoch's checkpoint, then resumed: the uninterrupted weights
+    real, calls = train_mod._write_curves, {"n": 0}
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TRAIN, VAL, config, tmp_path / "run", unlabelled=UNLABELLED, semi=semi)
+    monkeypatch.setattr(train_mod, "_write_curves", real)
+    # other semi-supervised options do not resume that checkpoint
+    log = []
+    monkeypatch.setattr(train_mod.LOG, "warning", lambda msg, *a: log.append(msg % a))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint.pt").write_bytes((tmp_path / "run" / "checkpoint.pt").read_bytes())
+    train_fold(TRAIN, VAL, config, other, unlabelled=UNLABELLED, semi=_mean_teacher(ema_decay=0.9))
+    assert any("another configuration" in m for m in log)
+    resumed = _weights(train_fold(TRAIN, VAL, config, tmp_path / "run", unlabelled=UNLABELLED, semi=semi))
+    assert all(torch.equal(v, resumed[k]) for k, v in model.state_dict().items())
+
+
+def test_mean_teacher_needs_unlabelled_images_of_the_networks_channels(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs unlabelled images"):
+        train_fold(TRAIN, VAL, _config(epochs=1), tmp_path, semi=_mean_teacher())
+    with pytest.raises(ValueError, match="unlabelled image 1: shape"):
+        train_fold(TRAIN, VAL, _config(epochs=1), tmp_path, unlabelled=[UNLABELLED[0], UNLABELLED[1][0]],
+                   semi=_mean_teacher())  # fmt: skip

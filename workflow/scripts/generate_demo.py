@@ -15,6 +15,7 @@ run_step(
     Path(snakemake.output.sheet),
     n_train=int(demo.get("n_train", 8)),
     n_test=int(demo.get("n_test", 2)),
+    n_unlabelled=int(demo.get("n_unlabelled", 0)),
     seed=int(demo.get("seed", 0)),
     shape=demo.get("shape"),
     spacing_mm=demo.get("spacing_mm"),

@@ -28,4 +28,5 @@ run_step(
     dict(snakemake.params.train),
     int(snakemake.params.seed),
     snakemake.threads,
+    dict(snakemake.params.semi_supervised),
 )

@@ -21,4 +21,6 @@ run_step(
     device=snakemake.params.device,
     threads=snakemake.threads,
     case_datasets=snakemake.params.case_datasets,
+    unlabelled_paths=[Path(p) for p in snakemake.input.unlabelled],
+    semi_supervised=dict(snakemake.params.semi_supervised),
 )

@@ -22,6 +22,7 @@ from carve.imaging.labels import DatasetSpec, annotated_classes, union_label_nam
 from carve.pipeline.sheet import Case, SheetError, cases_from_folder, check_folds, load_sheet
 from carve.prediction.bundle import Bundle, BundleError, load_bundle
 from carve.training.budget import PLANNED_KEYS, requested_budget
+from carve.training.semi_supervised import SemiSupervisedOptions
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "workflow" / "schemas"
 ASSESSMENT_FILES = (
@@ -121,6 +122,27 @@ class Run:
         return [c for c in self.test if self.cases[c].has_label]
 
     @property
+    def predicted(self) -> list[str]:
+        """The cases carve segments, in sheet order: the training cases (by cross-validation) and the test cases;
+        not the unlabelled ones, which only training reads."""
+        return [c for c, v in self.cases.items() if v.role != "unlabelled"]
+
+    @property
+    def semi_supervised(self) -> SemiSupervisedOptions:
+        return SemiSupervisedOptions.from_config(self.config.get("semi_supervised"))
+
+    @property
+    def unlabelled_images(self) -> list[str]:
+        """The cases whose images training reads without their labels (sorted): the rows of role unlabelled,
+        and the test cases with ``semi_supervised.use_test_images``; none while ``semi_supervised.method`` is
+        none (then the unlabelled rows are not even converted)."""
+        options = self.semi_supervised
+        if not options.enabled or self.bundle is not None:
+            return []
+        roles = ("unlabelled", "test") if options.use_test_images else ("unlabelled",)
+        return sorted(c for c, v in self.cases.items() if v.role in roles)
+
+    @property
     def folds(self) -> list[int]:
         return list(range(int(self.config["folds"])))
 
@@ -130,6 +152,7 @@ class Run:
             "case": _alternatives(self.cases),
             "test_case": _alternatives(self.test),
             "train_case": _alternatives(self.train),
+            "unlabelled_case": _alternatives(self.unlabelled_images),
             "fold": r"\d+",
         }
 
@@ -263,8 +286,9 @@ class Run:
 
     def manifest_sources(self) -> list[str]:
         """The run's inputs: every case's image and label, and with a bundle its files."""
-        sources = [str(c.image) for c in self.cases.values()]
-        sources += [str(c.label) for c in self.cases.values() if c.has_label]
+        read = [*self.predicted, *(c for c in self.unlabelled_images if c not in self.predicted)]
+        sources = [str(self.cases[c].image) for c in read]
+        sources += [str(self.cases[c].label) for c in read if self.cases[c].has_label]
         if self.bundle is not None:
             sources += [str(self.bundle.root / "bundle.json"), self.plans_file(), self.postprocessing_file()]
             sources += self.fold_models()
@@ -288,6 +312,22 @@ class Run:
         train = self.config.get("train", {})
         return {k: train[k] for k in PLANNED_KEYS if k in train}
 
+    def budget_semi_supervised(self) -> dict[str, Any]:
+        """The ``semi_supervised`` keys that change what a training step costs (rule ``plan`` times the step):
+        none unless a method trains inside the fold's job."""
+        options = self.semi_supervised
+        if options.method != "mean_teacher":
+            return {}
+        return {"method": options.method, "unlabelled_per_batch": options.unlabelled_per_batch}
+
+    def semi_supervised_params(self) -> dict[str, Any]:
+        """The ``semi_supervised`` block a fold trains with (method none without unlabelled images)."""
+        return asdict(self.semi_supervised) if self.unlabelled_images else {"method": "none"}
+
+    def unlabelled_preprocessed(self) -> list[str]:
+        """The preprocessed unlabelled images every fold reads (none without a semi-supervised method)."""
+        return [f"{self.results}/preprocessed/unlabelled/{c}.npz" for c in self.unlabelled_images]
+
     def train_runtime_min(self) -> int:
         """The scheduler's time limit of one training job: twice a time budget plus an hour (the default budget
         where the config gives no count); three hours for a count of iterations or epochs (a profile may set more)."""
@@ -308,9 +348,9 @@ class Run:
 
     def _per_case(self) -> list[str]:
         """Labels, entropy map and further maps of every case."""
-        out = [self.segmentation(c) for c in self.cases]
-        out += [f"{self.results}/uncertainty/{c}.nii.gz" for c in self.cases]
-        return out + [m for c in self.cases for m in self.uncertainty_maps(c)]
+        out = [self.segmentation(c) for c in self.predicted]
+        out += [f"{self.results}/uncertainty/{c}.nii.gz" for c in self.predicted]
+        return out + [m for c in self.predicted for m in self.uncertainty_maps(c)]
 
     def _meshes_and_dicom(self) -> list[str]:
         """Meshes of every case; DICOM-SEG (and RTSTRUCT) of every test case given as DICOM (all, in the demo)."""
@@ -318,7 +358,7 @@ class Run:
         dicom = [
             c for c in self.test if self.cases[c].image.is_dir() or (self.bundle is None and self.demo is not None)
         ]
-        out = [f"{r}/meshes/{c}" for c in self.cases]
+        out = [f"{r}/meshes/{c}" for c in self.predicted]
         out += [f"{r}/dicom/{c}/segmentation.seg.dcm" for c in dicom]
         if self.config["dicom"].get("rtstruct"):
             out += [f"{r}/dicom/{c}/structures.rtstruct.dcm" for c in dicom]
@@ -343,7 +383,7 @@ class Run:
         out += self._meshes_and_dicom()
         out += [f"{r}/metrics/seeds_table.tsv", f"{r}/metrics/uncertainty_correlation.tsv"]
         out += [f"{r}/report/{name}" for name in REPORT_FILES]
-        out += [f"{r}/report/previews/{c}.png" for c in self.cases]
+        out += [f"{r}/report/previews/{c}.png" for c in self.predicted]
         if self.learning_curve is not None:
             out += [f"{r}/{name}" for name in LEARNING_CURVE_FILES]
         if self.individual_metrics():
@@ -415,7 +455,7 @@ def _cases(config: dict, channels: list[str], datasets: Mapping, bundle: Bundle 
         domains = list(demo.get("domains") or [])
         if domains != list(datasets):
             raise ConfigError(f"demo.domains {domains} must name the config's datasets in order: {list(datasets)}")
-        return demo_cases(sheet, demo.get("n_train", 8), demo.get("n_test", 2), domains)
+        return demo_cases(sheet, demo.get("n_train", 8), demo.get("n_test", 2), domains, demo.get("n_unlabelled", 0))
     try:
         if bundle is not None:
             return _inference_cases(sheet, channels, datasets, config["bundle"])
@@ -445,9 +485,10 @@ def _inference_cases(source: Path, channels: list[str], datasets: Mapping, bundl
             )
         return cases_from_folder(source)
     cases = load_sheet(source, channels, list(datasets))
-    trained = [c.case for c in cases if c.role == "train"]
-    if trained:
-        raise SheetError(f"{source}: with a bundle every case is predicted; role 'train' on {', '.join(trained)}")
+    for role in ("train", "unlabelled"):
+        trained = [c.case for c in cases if c.role == role]
+        if trained:
+            raise SheetError(f"{source}: with a bundle every case is predicted; role '{role}' on {', '.join(trained)}")
     return cases
 
 
@@ -462,6 +503,34 @@ def _check_datasets(run: Run) -> None:
         raise ConfigError(
             f"datasets without enough training cases in {run.config['cases']}: {short} (each needs at least {need}"
             + (" for `individual_models`)" if need == 2 else ")")
+        )
+
+
+def _check_semi_supervised(run: Run, warn: Callable[[str], None]) -> None:
+    """A semi-supervised method needs images without labels; unlabelled rows without a method are not read."""
+    try:
+        options = run.semi_supervised
+    except CarveError as err:
+        raise ConfigError(str(err)) from None
+    sheet = run.config["cases"]
+    rows = [c for c, v in run.cases.items() if v.role == "unlabelled"]
+    if run.bundle is not None:
+        return
+    if not options.enabled:
+        if rows:
+            named = ", ".join(rows[:3]) + (", ..." if len(rows) > 3 else "")
+            warn(
+                f"{sheet}: {len(rows)} case(s) of role unlabelled ({named}) "
+                "are not read: semi_supervised.method is none"
+            )
+        return
+    if run.datasets:
+        raise ConfigError("config: `semi_supervised` and `datasets` cannot be combined yet; use one or the other")
+    if not run.unlabelled_images:
+        given = "; semi_supervised.use_test_images is on, but there are no test cases" * options.use_test_images
+        raise ConfigError(
+            f"semi_supervised.method: '{options.method}' needs images without labels, and {sheet} has none: give "
+            f"rows of role unlabelled, or set semi_supervised.use_test_images to train on the test cases' images{given}"
         )
 
 
@@ -514,4 +583,5 @@ def resolve_run(
     cases = _cases(config, channels, datasets, bundle, validate)
     run = Run(config, labels, datasets, {c.case: c for c in cases}, bundle, None, user_predict)
     _check_datasets(run)
+    _check_semi_supervised(run, warn)
     return replace(run, learning_curve=_learning_curve(config, len(run.train), warn))

@@ -1,5 +1,9 @@
 """The cases sheet: one row per case with ``case``, ``image``, ``label`` and ``role``.
 
+Roles: ``train`` (labelled; trained on and cross-validated), ``test`` (segmented; evaluated where it has a label)
+and ``unlabelled`` (an image without a label that only semi-supervised training reads: converted and
+preprocessed like the others, never segmented nor evaluated; config ``semi_supervised``).
+
 Optional columns: ``series`` (which DICOM series of the ``image`` folder to use: a SeriesInstanceUID or a
 SeriesDescription regular expression); ``dataset`` (which of the config's ``datasets`` the case belongs to, when
 one network learns several). With several input channels (config ``channels``), ``image_<name>``
@@ -25,7 +29,7 @@ import pandas as pd
 from carve.errors import CarveError
 
 REQUIRED_COLUMNS = ("case", "image", "label", "role")
-ROLES = ("train", "test")
+ROLES = ("train", "test", "unlabelled")  # unlabelled: an image that only semi-supervised training reads
 # A case id becomes a file name: keep it to a safe, portable set (no spaces, slashes, '..', shell syntax).
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # carve appends these to case ids (uncertainty/{case}.tsv beside the folder uncertainty/{case}/): an id ending in one
@@ -190,6 +194,11 @@ def load_sheet(path: str | Path, channels: Sequence[str] = (), datasets: Sequenc
             problems.append(f"{where}: label {label} does not exist")
         if role == "train" and label is None:
             problems.append(f"{where}: a training case needs a label")
+        if role == "unlabelled" and label is not None:
+            problems.append(
+                f"{where}: an unlabelled case has no label (it is only read by semi-supervised training and never "
+                "evaluated); give it role train to train on its label, or test to evaluate against it"
+            )
         dataset = None if _blank(row.get("dataset")) else str(row["dataset"]).strip()
         if datasets and dataset not in datasets:
             given = "no dataset" if dataset is None else f"dataset '{dataset}'"

@@ -22,6 +22,7 @@ from scipy.spatial.transform import Rotation
 
 from carve.export.dicom_write import write_dicom_series
 from carve.imaging.io import Geometry, atomic_write_text, write_image
+from carve.pipeline.demo import demo_role
 
 # array axis 0 -> S (z), axis 1 -> P (y), axis 2 -> L (x): an axial grid before the oblique rotation
 AXIAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -162,8 +163,11 @@ def generate_demo(
     shape: Sequence[int] = (24, 64, 64),
     spacing_mm: Sequence[float] = (3.0, 1.0, 1.0),
     domains: Sequence[str] = (),
+    n_unlabelled: int = 0,
 ) -> Path:
     """Write the demo under ``out_dir`` (``dicom/<case>/IM*.dcm``, ``labels/<case>.nii.gz``, ``cases.tsv``).
+
+    ``n_unlabelled`` further cases (after the test cases) get role ``unlabelled`` and no label file.
 
     With ``domains`` (dataset names), case ``i`` belongs to ``domains[i % len(domains)]`` and is drawn in
     intensity domain ``i % 2`` (the sheet gains a ``dataset`` column).
@@ -171,13 +175,16 @@ def generate_demo(
     The sheet is removed first and written last (atomically), so an interrupted run leaves no complete-looking
     sheet. Returns the sheet's path. Deterministic for a given seed.
     """
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"generate_demo needs n_train >= 1 and n_test >= 0, got {n_train} and {n_test}")
+    if n_train < 1 or n_test < 0 or n_unlabelled < 0:
+        raise ValueError(
+            f"generate_demo needs n_train >= 1, n_test >= 0 and n_unlabelled >= 0, got {n_train}, {n_test} and "
+            f"{n_unlabelled}"
+        )
     out_dir = Path(out_dir)
     sheet = out_dir / "cases.tsv"
     sheet.unlink(missing_ok=True)
     rows = ["case\timage\tlabel\trole" + ("\tdataset" if domains else "")]
-    for i in range(n_train + n_test):
+    for i in range(n_train + n_test + n_unlabelled):
         case = f"demo_{i:03d}"
         case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         image, label, geometry = synthesize_case(
@@ -191,8 +198,11 @@ def generate_demo(
             series_description=f"carve demo {case}",
             uid_seed=f"carve-demo-{seed}-{case}",
         )
-        write_image(out_dir / "labels" / f"{case}.nii.gz", label, geometry)
-        row = f"{case}\tdicom/{case}\tlabels/{case}.nii.gz\t{'train' if i < n_train else 'test'}"
+        role = demo_role(i, n_train, n_test)
+        label_column = "" if role == "unlabelled" else f"labels/{case}.nii.gz"
+        if role != "unlabelled":
+            write_image(out_dir / "labels" / f"{case}.nii.gz", label, geometry)
+        row = f"{case}\tdicom/{case}\t{label_column}\t{role}"
         rows.append(row + (f"\t{domains[i % len(domains)]}" if domains else ""))
     atomic_write_text(sheet, "\n".join(rows) + "\n")
     return sheet

@@ -21,12 +21,14 @@ Importing this module does not import torch (the run's resolution reads :data:`D
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +81,20 @@ def time_training_steps(
     steps: int = TIMED_STEPS,
     warmup: int = WARMUP_STEPS,
     timer: Callable[[], float] = time.perf_counter,
+    semi: Any = None,
 ) -> list[float]:
     """Seconds of each of ``steps`` training steps (after ``warmup`` untimed ones) of ``config`` (a
     :class:`carve.training.train.TrainConfig`) on random data of its patch and batch, on ``device`` with
-    ``threads`` threads."""
+    ``threads`` threads. With ``semi`` (:class:`carve.training.semi_supervised.SemiSupervisedOptions`) of method
+    ``mean_teacher`` the step is :func:`carve.training.train.mean_teacher_step`, with its unlabelled patches and
+    its teacher: a time budget then buys the iterations the semi-supervised fold can afford."""
     import numpy as np
     import torch
 
     from carve.training.augment import spatial_margin
     from carve.training.network import UNet3D
     from carve.training.precision import memory_format, timed_calls
-    from carve.training.train import _build_optimizer, train_step
+    from carve.training.train import _build_optimizer, mean_teacher_step, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -107,6 +112,17 @@ def time_training_steps(
     def step() -> None:
         train_step(model, optimizer, images, labels, config, network, generator, device)
 
+    if semi is not None and semi.method == "mean_teacher":
+        teacher = copy.deepcopy(model).requires_grad_(False)
+        shape = (semi.unlabelled_per_batch, network.in_channels, *crop)
+        unlabelled = rng.standard_normal(shape).astype(np.float32)
+
+        def step() -> None:
+            mean_teacher_step(
+                model, teacher, optimizer, images, labels, unlabelled, config, network, generator, device, semi, 0.5,
+                WARMUP_STEPS + TIMED_STEPS,
+            )  # fmt: skip
+
     return timed_calls(step, device, steps, warmup, timer)
 
 
@@ -119,6 +135,7 @@ def training_budget(
     measure: Callable[..., list[float]] = time_training_steps,
     bf16: Callable[[str], bool] | None = None,
     log: logging.Logger = LOG,
+    semi_supervised: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``training`` entry of plans.json: the iterations each fold trains, the precision it trains in, and what
     they came from.
@@ -132,13 +149,19 @@ def training_budget(
     :data:`carve.training.precision.CHANNELS_LAST_MIN_SPEEDUP` times faster (``channels_last``); a precision the
     config names keeps torch's contiguous layout. ``measure(config, device, threads)`` times the step (a
     stand-in in tests). The timings go to the log only, so that the same decision gives the same plans; the
-    manifest records the CPU's bf16 units (:mod:`carve.machine`) beside it."""
+    manifest records the CPU's bf16 units (:mod:`carve.machine`) beside it. ``semi_supervised``: the config's
+    block; a method that trains in one job (``mean_teacher``) is timed with its own step, passed to ``measure`` as
+    ``semi``, and named in the entry, so that a time budget means the same minutes whatever the method."""
     from carve.training.fold import train_config_from
     from carve.training.precision import DEFAULT_PRECISION, bf16_available, choose_channels_last, resolve_precision
+    from carve.training.semi_supervised import SemiSupervisedOptions
 
     kind, value = requested_budget(train)
     device = str(plans.get("memory", {}).get("device", "cpu"))
     config = train_config_from(plans, train, seed, iterations=1)
+    semi = SemiSupervisedOptions.from_config(semi_supervised)
+    if semi.method == "mean_teacher":
+        measure = partial(measure, semi=semi)
     timings: dict[tuple[str, bool], list[float]] = {}
 
     def timed(precision: str, channels_last: bool = False) -> list[float]:
@@ -172,6 +195,7 @@ def training_budget(
             "channels-last" if channels_last else "contiguous",
         )
     runtime = {
+        **({"semi_supervised": semi.method, "unlabelled_per_batch": semi.unlabelled_per_batch} if semi.enabled else {}),
         "device": device,
         "threads": int(threads),
         "precision": precision,
@@ -255,12 +279,13 @@ def plan_training_run(
     train: Mapping[str, Any],
     seed: int,
     threads: int,
+    semi_supervised: Mapping[str, Any] | None = None,
 ) -> dict:
     """Rule ``plan``: the dataset's plans (:func:`carve.planning.plan.dataset_plans_for`) with the training budget
     fixed as iterations (:func:`training_budget`), written to ``out``."""
     from carve.planning.plan import dataset_plans_for, write_plans
 
     plans = dataset_plans_for(images, labels, label_names, options, datasets)
-    plans["training"] = training_budget(plans, train, seed, threads)
+    plans["training"] = training_budget(plans, train, seed, threads, semi_supervised=semi_supervised)
     write_plans(out, plans)
     return plans

@@ -93,12 +93,22 @@ def train_one_fold(
     threads: int = 1,
     case_datasets: Mapping[str, str] | None = None,
     dataset: str | None = None,
+    unlabelled_paths: Sequence[Path] = (),
+    semi_supervised: Mapping[str, Any] | None = None,
 ) -> Path:
     """Train fold ``fold`` on its training cases, validating on its held-out cases.
 
     Plans of several datasets need ``case_datasets`` (case -> dataset); with ``dataset`` the fold trains on
-    that dataset's cases only (an individual model, to compare with the shared one)."""
+    that dataset's cases only (an individual model, to compare with the shared one). ``semi_supervised``: the
+    config's block (:class:`carve.training.semi_supervised.SemiSupervisedOptions`); a method other than none reads
+    the preprocessed images ``unlabelled_paths`` (rule ``preprocess_unlabelled``) without labels."""
+    from carve.training.network import load_payload
+    from carve.training.semi_supervised import SemiSupervisedOptions
     from carve.training.train import train_fold
+
+    semi = SemiSupervisedOptions.from_config(semi_supervised)
+    if semi.enabled and not unlabelled_paths:
+        raise InputError(f"semi_supervised.method '{semi.method}': fold {fold} was given no unlabelled images")
 
     plans = load_plans(plans_path)
     splits = load_splits(splits_path)
@@ -130,7 +140,22 @@ def train_one_fold(
         config.precision,
     )
     out_dir = Path(out_dir)
-    model = train_fold(train_cases, val_cases, config, out_dir, device=device, threads=threads, domains=domains)
+    unlabelled_names = [Path(p).name.removesuffix(".npz") for p in unlabelled_paths] if semi.enabled else []
+    leaked = sorted(set(unlabelled_names) & {*names["train"], *names["val"]})
+    if leaked:
+        raise InputError(f"fold {fold}: labelled cases {leaked} are among the unlabelled images")
+    unlabelled = [load_case(Path(p))[0] for p in unlabelled_paths] if semi.enabled else []
+    model = train_fold(
+        train_cases,
+        val_cases,
+        config,
+        out_dir,
+        device=device,
+        threads=threads,
+        domains=domains,
+        unlabelled=unlabelled,
+        semi=semi if semi.enabled else None,
+    )
     resolved = {
         "fold": fold,
         "dataset": dataset,
@@ -147,6 +172,14 @@ def train_one_fold(
             k: plans[k] for k in ("target_spacing_mm", "patch_size", "normalisation", "n_classes", "labels", "channels")
         },
     }
+    extra = load_payload(model)["extra"]
+    resolved["val_dice"] = list(extra.get("val_dice") or [])  # of the saved model, at the end of training
+    if semi.enabled:
+        resolved["semi_supervised"] = {
+            **extra.get("semi_supervised", {}),
+            **asdict(semi),
+            "unlabelled_cases": unlabelled_names,
+        }
     atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     return model
 

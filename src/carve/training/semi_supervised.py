@@ -48,6 +48,7 @@ class SemiSupervisedOptions:
     refused like a config (:class:`carve.errors.InputError`, naming ``semi_supervised.<key>``)."""
 
     method: str = "none"  # none | self_training | mean_teacher
+    use_test_images: bool = False  # the test cases' images are unlabelled training images too (transductive)
     # self-training
     confidence_threshold: float = 0.9  # mask weighting: teacher max-probability below it weighs 0
     weighting: str = "mask"  # mask | confidence (max-probability rescaled: 1/n_classes -> 0, 1 -> 1)
@@ -57,6 +58,7 @@ class SemiSupervisedOptions:
     consistency_weight: float = 1.0  # weight of the consistency term once ramped up
     rampup_fraction: float = 0.4  # of training over which the consistency weight ramps up (0: none)
     unlabelled_per_batch: int = 2  # unlabelled patches added to each batch
+    noise_std: float = 0.1  # Gaussian noise (clipped at 2 SD) added to each view of an unlabelled patch
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -66,10 +68,13 @@ class SemiSupervisedOptions:
             ("ema_decay", 0.0, 1.0, True),  # 1 would never move the teacher from its random start
             ("consistency_weight", 0.0, math.inf, True),
             ("rampup_fraction", 0.0, 1.0, False),
+            ("noise_std", 0.0, math.inf, True),
         ):
             object.__setattr__(self, name, _number(name, getattr(self, name), low, high, high_open))
         for name in ("rounds", "unlabelled_per_batch"):
             object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
+        if not isinstance(self.use_test_images, bool):
+            raise InputError(f"{_KEY}.use_test_images: {self.use_test_images!r} is not true or false")
 
     @property
     def enabled(self) -> bool:

@@ -14,6 +14,7 @@ ending when the budget is spent, and the weights depend on the machine's speed a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from carve.training.validation import write_curves as _write_curves  # looked up
 
 if TYPE_CHECKING:
     from carve.training.multidomain import DomainSetup
+    from carve.training.semi_supervised import SemiSupervisedOptions
 
 LOG = logging.getLogger("carve.training.train")
 CHECKPOINT_VERSION = 1
@@ -267,6 +269,79 @@ def train_step(
     return float(loss.detach())
 
 
+def mean_teacher_step(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    unlabelled: np.ndarray,
+    config: TrainConfig,
+    network: NetworkConfig,
+    generator: torch.Generator,
+    device: str,
+    semi: SemiSupervisedOptions,
+    progress: float,
+    step_index: int,
+) -> tuple[float, float] | None:
+    """One mean-teacher iteration (Tarvainen & Valpola 2017, as UA-MT uses it for 3D segmentation): the labelled
+    batch and the ``unlabelled`` patches (U, C, *crop) are augmented alike; each unlabelled patch is seen twice,
+    with independent Gaussian noise (``semi.noise_std``, clipped at 2 SD): by the network, in the same forward pass
+    as the labelled batch, and by the ``teacher`` (no gradient). The loss is the labelled batch's deep-supervision
+    loss plus ``semi.consistency_weight`` x :func:`carve.training.semi_supervised.consistency_rampup` (at
+    ``progress``) x the squared softmax difference on the unlabelled patches, in float32. After the optimiser's
+    step the teacher becomes an exponential moving average of the network, with decay
+    min(``semi.ema_decay``, 1 - 1/(``step_index`` + 1)) so that it follows quickly at first. Returns (loss,
+    consistency), or None (no step, the teacher unchanged) when the loss is not finite."""
+    from carve.training.semi_supervised import consistency_loss, consistency_rampup, ema_update_
+
+    x, y = augment_batch(
+        torch.from_numpy(images).to(device),
+        torch.from_numpy(labels).to(device),
+        config.augment,
+        config.patch_size,
+        config.spacing_mm,
+        generator,
+    )
+    u_images = torch.from_numpy(unlabelled).to(device)
+    u, _ = augment_batch(
+        u_images,
+        torch.zeros((u_images.shape[0], *u_images.shape[2:]), dtype=torch.uint8, device=device),
+        config.augment,
+        config.patch_size,
+        config.spacing_mm,
+        generator,
+    )
+    bound = 2.0 * semi.noise_std
+
+    def noisy() -> torch.Tensor:
+        noise = torch.randn(u.shape, generator=generator).mul_(semi.noise_std).clamp_(-bound, bound)
+        return u + noise.to(device)
+
+    fmt = memory_format(config.channels_last)
+    student_view, teacher_view = noisy(), noisy()
+    batch = torch.cat([x, student_view]).contiguous(memory_format=fmt)
+    with autocast(device, config.precision):
+        out = model(batch)
+    outputs = [o.float() for o in out] if isinstance(out, list) else [out.float()]
+    n = x.shape[0]
+    supervised = deep_supervision_loss([o[:n] for o in outputs], y, network.n_classes, network.strides)
+    teacher.eval()
+    with torch.no_grad(), autocast(device, config.precision):
+        reference = teacher(teacher_view.contiguous(memory_format=fmt))
+    reference = reference[0] if isinstance(reference, list) else reference
+    consistency = consistency_loss(outputs[0][n:], torch.softmax(reference.float(), 1))
+    loss = supervised + semi.consistency_weight * consistency_rampup(progress, semi.rampup_fraction) * consistency
+    if not torch.isfinite(loss):
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+    optimizer.step()
+    ema_update_(teacher, model, min(semi.ema_decay, 1.0 - 1.0 / (step_index + 1)))
+    return float(loss.detach()), float(consistency.detach())
+
+
 def _domain_regularisers(config, domains, contrast, logits, *, masks, sampler, device) -> torch.Tensor:
     """The optional multi-dataset terms: contrastive (by dataset) and non-adjacency prior."""
     from carve.training.multidomain import adjacency_penalty
@@ -290,9 +365,16 @@ def train_fold(
     threads: int = 1,
     log: logging.Logger = LOG,
     domains: DomainSetup | None = None,
+    unlabelled: Sequence[np.ndarray] = (),
+    semi: SemiSupervisedOptions | None = None,
 ) -> Path:
     """Train one fold (see module docstring); returns the path of ``model.pt``. ``domains``: the datasets of
-    the cases when one network learns several (balanced sampling, marginal loss, optional regularisers)."""
+    the cases when one network learns several (balanced sampling, marginal loss, optional regularisers).
+
+    With ``semi`` of method ``mean_teacher`` every step also reads ``semi.unlabelled_per_batch`` patches of the
+    ``unlabelled`` images ((C, z, y, x) each; :func:`mean_teacher_step`); the teacher (the network's exponential
+    moving average) is then the model validated and saved, and ``model.pt`` records both its and the network's
+    final validation Dice (``semi_supervised``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -306,6 +388,14 @@ def train_fold(
             )
         if lab.max(initial=0) >= n_classes:
             raise ValueError(f"case {i}: label value {int(lab.max())} >= n_classes {n_classes}")
+    mean_teacher = semi is not None and semi.method == "mean_teacher"
+    if semi is not None and semi.enabled and not mean_teacher:
+        raise ValueError(f"train_fold trains method none or mean_teacher, not {semi.method}")
+    if mean_teacher and not unlabelled:
+        raise ValueError("semi_supervised.method mean_teacher needs unlabelled images")
+    for i, img in enumerate(unlabelled if mean_teacher else ()):
+        if img.ndim != 4 or img.shape[0] != net_cfg.in_channels:
+            raise ValueError(f"unlabelled image {i}: shape {img.shape} does not fit (C={net_cfg.in_channels}, z, y, x)")
     torch.manual_seed(config.seed)
     model = UNet3D(net_cfg).to(device, memory_format=memory_format(config.channels_last))
     optimizer = _build_optimizer(model, config, log)
@@ -333,13 +423,36 @@ def train_fold(
             list(domains.forbidden),
         )
     aug_gen = torch.Generator().manual_seed(config.seed + 2)
+    teacher, u_sampler = None, None
+    if mean_teacher:
+        teacher = copy.deepcopy(model).requires_grad_(False)
+        no_labels = np.zeros((), dtype=np.uint8)  # a view of one zero: patches drawn uniformly, no memory
+        u_sampler = PatchSampler(
+            [(img, np.broadcast_to(no_labels, img.shape[1:])) for img in unlabelled],
+            crop_size,
+            n_classes,
+            0.0,
+            np.random.default_rng([config.seed, 3]),
+        )
+        log.info(
+            "mean teacher: %d unlabelled image(s), %d unlabelled patch(es) per batch, EMA decay %g, consistency %g "
+            "ramped over %g of training",
+            len(unlabelled),
+            semi.unlabelled_per_batch,
+            semi.ema_decay,
+            semi.consistency_weight,
+            semi.rampup_fraction,
+        )
+    semi_json = json.dumps(asdict(semi) if mean_teacher else None, sort_keys=True)
     total_iters = total_iterations(config)
     budget_s = config.time_budget_min * 60 if config.time_budget_min and config.iterations is None else None
     iteration, epoch, elapsed_prev, val_seconds, rows = 0, 0, 0.0, 0.0, []
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = load_payload(ckpt_path)
-        if ckpt.get("version") != CHECKPOINT_VERSION or not _compatible(json.loads(ckpt["config"]), config):
+        same_semi = ckpt.get("semi_supervised", "null") == semi_json
+        same_config = ckpt.get("version") == CHECKPOINT_VERSION and _compatible(json.loads(ckpt["config"]), config)
+        if not (same_config and same_semi):
             log.warning("%s was written by another configuration: starting afresh", ckpt_path)
         else:
             model.load_state_dict(ckpt["model"])
@@ -350,6 +463,9 @@ def train_fold(
             val_seconds, rows = float(ckpt["val_seconds"]), [list(r) for r in ckpt["rows"]]
             sampler.set_state(json.loads(ckpt["sampler_rng"]))
             aug_gen.set_state(ckpt["augment_rng"])
+            if teacher is not None:
+                teacher.load_state_dict(ckpt["teacher"])
+                u_sampler.set_state(json.loads(ckpt["unlabelled_rng"]))
             log.info("resumed from %s at iteration %d (%.0f s)", ckpt_path, iteration, elapsed_prev)
     t0 = time.monotonic() - elapsed_prev
 
@@ -372,11 +488,15 @@ def train_fold(
                 "rows": rows,
                 "sampler_rng": json.dumps(sampler.state()),
                 "augment_rng": aug_gen.get_state(),
+                "semi_supervised": semi_json,
+                "teacher": teacher.state_dict() if teacher is not None else {},
+                "unlabelled_rng": json.dumps(u_sampler.state()) if u_sampler is not None else "null",
             },
             ckpt_path,
         )
 
     last_log = last_ckpt = time.monotonic()
+    evaluated = teacher if teacher is not None else model  # the model validated and saved
     lr, val_last_s = 0.0, 0.0
     while progress() < 1.0:
         model.train()
@@ -395,7 +515,17 @@ def train_fold(
                 masks = domains.masks(sampler.last_datasets)
                 regulariser = partial(_domain_regularisers, config, domains, contrast, masks=masks, sampler=sampler,
                                       device=device)  # fmt: skip
-            loss = train_step(model, optimizer, images, labels, config, net_cfg, aug_gen, device, masks, regulariser)
+            if teacher is not None:
+                u_images, _ = u_sampler.sample(semi.unlabelled_per_batch)
+                result = mean_teacher_step(
+                    model, teacher, optimizer, images, labels, u_images, config, net_cfg, aug_gen, device, semi, p,
+                    iteration,
+                )  # fmt: skip
+                loss, consistency = result if result is not None else (None, None)
+            else:
+                loss = train_step(
+                    model, optimizer, images, labels, config, net_cfg, aug_gen, device, masks, regulariser
+                )
             if loss is None:
                 log.warning("iteration %d: non-finite loss, step skipped", iteration)
                 iteration += 1
@@ -405,6 +535,8 @@ def train_fold(
             if time.monotonic() - last_log >= LOG_EVERY_S:
                 last_log = time.monotonic()
                 log.info("iteration %d loss %.4f lr %.2e elapsed %.0f s", iteration, losses[-1], lr, last_log - t0)
+                if teacher is not None:
+                    log.info("iteration %d consistency %.5f", iteration, consistency)
         if not losses:
             break
         epoch += 1
@@ -415,7 +547,7 @@ def train_fold(
         room = budget_s is None or elapsed + val_last_s < budget_s
         if val_cases and (finished or (cheap and room)):
             tv = time.monotonic()
-            dice = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
+            dice = _validate(evaluated, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
             val_last_s = time.monotonic() - tv
             val_seconds += val_last_s
         rows.append([epoch, iteration, elapsed, float(np.mean(losses)), lr, *dice])
@@ -431,7 +563,9 @@ def train_fold(
             save_checkpoint()
             last_ckpt = time.monotonic()
     if val_cases and rows and np.isnan(rows[-1][5:]).all():  # the last epoch skipped validation
-        rows[-1][5:] = _validate(model, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
+        rows[-1][5:] = _validate(
+            evaluated, val_cases, config.patch_size, n_classes, device, val_classes, config.precision
+        )
     if rows:  # always: a fold resumed from its final checkpoint (killed before model.pt) writes them too
         _write_curves(out_dir, rows, n_classes)
     if not ckpt_path.exists() or not rows or rows[-1][1] != iteration:
@@ -444,6 +578,24 @@ def train_fold(
         "patch_size": list(config.patch_size),
         "spacing_mm": list(config.spacing_mm),
     }
+    if teacher is not None:
+        student = (
+            _validate(model, val_cases, config.patch_size, n_classes, device, val_classes, config.precision)
+            if val_cases
+            else []
+        )
+        extra["semi_supervised"] = {
+            **asdict(semi),
+            "unlabelled_images": len(unlabelled),
+            "saved": "teacher",
+            "teacher_val_dice": extra["val_dice"],
+            "student_val_dice": student,
+        }
+        log.info(
+            "mean teacher: final validation Dice teacher %s, network %s",
+            " ".join(f"{d:.3f}" for d in extra["val_dice"]),
+            " ".join(f"{d:.3f}" for d in student),
+        )
     model_path = out_dir / "model.pt"
-    save_model(model_path, model, net_cfg, extra)
+    save_model(model_path, evaluated, net_cfg, extra)
     return model_path
