@@ -72,11 +72,25 @@ def reference_label(data: Path, case: str) -> Path:
     return data / "labelsTr" / f"{case}.nii.gz"
 
 
-def write_sheet(data: Path, work: Path) -> Path:
-    """The cases sheet of hippocampus10: every case with its label, role train (absolute paths)."""
+UNLABELLED = "hippocampus-unlabelled"  # beside hippocampus10: images of the same task without labels
+
+
+def unlabelled_images(data: Path, n: int) -> list[Path]:
+    """The first ``n`` images (sorted by name) of hippocampus-unlabelled, beside ``data`` (hippocampus10)."""
+    images = sorted((data.parent / UNLABELLED / "imagesTr").glob("*.nii.gz"))
+    if n > len(images):
+        raise SystemExit(f"{data.parent / UNLABELLED}: {len(images)} images, {n} asked for")
+    return images[:n]
+
+
+def write_sheet(data: Path, work: Path, n_unlabelled: int = 0) -> Path:
+    """The cases sheet of hippocampus10: every case with its label, role train (absolute paths); with
+    ``n_unlabelled`` the first images of hippocampus-unlabelled too, role unlabelled, no label."""
     rows = ["case\timage\tlabel\trole"]
     for case in case_names(data):
         rows.append(f"{case}\t{data / 'imagesTr' / f'{case}.nii.gz'}\t{reference_label(data, case)}\ttrain")
+    for image in unlabelled_images(data, n_unlabelled):
+        rows.append(f"u_{image.name.removesuffix('.nii.gz')}\t{image}\t\tunlabelled")
     sheet = work / "cases.tsv"
     sheet.write_text("\n".join(rows) + "\n")
     return sheet
@@ -190,12 +204,15 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def run_pipeline(work: Path, changes: dict[str, Any], cores: int, data: Path, fresh: bool = True) -> dict[str, Any]:
+def run_pipeline(
+    work: Path, changes: dict[str, Any], cores: int, data: Path, fresh: bool = True, n_unlabelled: int = 0
+) -> dict[str, Any]:
     """Write the sheet and config into ``work`` and run the Snakefile's default target there; with ``fresh`` the
-    results folder of an earlier run is removed first (else snakemake reruns only what changed)."""
+    results folder of an earlier run is removed first (else snakemake reruns only what changed);
+    ``n_unlabelled``: images of hippocampus-unlabelled added to the sheet (role unlabelled)."""
     machine = machine_line()  # before the run: its load average is what else was running
     work.mkdir(parents=True, exist_ok=True)
-    sheet = write_sheet(data, work)
+    sheet = write_sheet(data, work, n_unlabelled)
     config_path, config = user_config(work, sheet, changes)
     if fresh:
         shutil.rmtree(work / RESULTS, ignore_errors=True)
@@ -209,6 +226,7 @@ def run_pipeline(work: Path, changes: dict[str, Any], cores: int, data: Path, fr
         "cores": cores,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
+        "unlabelled": n_unlabelled,
         **config,
     }
     (work / "run.json").write_text(json.dumps(run, indent=1) + "\n")
@@ -374,6 +392,12 @@ def config_section(run: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
+    if run.get("unlabelled"):
+        lines += [
+            f"The sheet adds the first {run['unlabelled']} images of hippocampus-unlabelled (sorted by name) with role "
+            "unlabelled and no label.",
+            "",
+        ]
     if changes:
         lines += ["Keys the benchmark sets, with the default a user gets otherwise:", "", *table(changes), ""]
     else:
@@ -506,6 +530,13 @@ def add_run_arguments(parser, budget_default: float | None, work: Path, out: Pat
         metavar="KEY=VALUE",
         help="any further config key (dotted, e.g. train.learning_rate=0.003; YAML value), written and listed",
     )
+    parser.add_argument(
+        "--unlabelled",
+        type=int,
+        default=0,
+        help="images of hippocampus-unlabelled added to the sheet with role unlabelled (default 0); they are read "
+        "only where semi_supervised.method is set",
+    )
     parser.add_argument("--work", type=Path, default=work, help=f"work folder (default {work})")
     parser.add_argument(
         "--score-only", action="store_true", help="score carve's run already in the work folder, without running it"
@@ -531,5 +562,8 @@ def run_changes(args) -> dict[str, Any]:
 
 def run_and_score(args, work: Path, data: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline run in ``work`` (or, with ``--score-only``, the one already there) and its scores."""
-    run = earlier_run(work) if args.score_only else run_pipeline(work, run_changes(args), args.cores, data)
+    if args.score_only:
+        run = earlier_run(work)
+    else:
+        run = run_pipeline(work, run_changes(args), args.cores, data, n_unlabelled=args.unlabelled)
     return run, score_run(work / RESULTS, data)

@@ -118,6 +118,39 @@ rule plot_training_curves:
         "../workflow/scripts/plot_training_curves.py"
 
 
+rule summarise_training:
+    input:
+        configs=expand(f"{R}/models/fold_{{fold}}/config.json", fold=FOLDS),
+        benchmarks=expand(f"{R}/benchmarks/train_fold/fold_{{fold}}.tsv", fold=FOLDS),
+    output:
+        table=report(
+            f"{R}/report/training.tsv",
+            caption="../workflow/report/training.rst",
+            category="Training",
+            subcategory="All folds",
+        ),
+        html=report(
+            f"{R}/report/training.html",
+            caption="../workflow/report/training.rst",
+            category="Training",
+            subcategory="All folds",
+        ),
+    log:
+        f"{R}/logs/summarise_training/summarise_training.log",
+    benchmark:
+        f"{R}/benchmarks/summarise_training/summarise_training.tsv"
+    params:
+        folds=FOLDS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow/scripts/summarise_training.py"
+
+
 rule preview_case:
     input:
         image=f"{R}/nifti/{{case}}/image.nii.gz",

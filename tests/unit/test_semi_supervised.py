@@ -292,7 +292,10 @@ def test_options_defaults_and_a_full_block() -> None:
         ({"rounds": 0}, r"semi_supervised\.rounds: 0 is not a whole number >= 1"),
         ({"rounds": 1.5}, r"semi_supervised\.rounds: 1\.5"),
         ({"unlabelled_per_batch": False}, r"semi_supervised\.unlabelled_per_batch: False"),
-        ({"ema_decy": 0.9}, r"semi_supervised\.ema_decy: unknown option; the options are method, use_test_images, confidence_threshold"),
+        (
+            {"ema_decy": 0.9},
+            r"semi_supervised\.ema_decy: unknown option; the options are method, use_test_images, confidence_threshold",
+        ),
     ],
 )
 def test_options_errors_name_the_key_and_what_is_allowed(block: dict, message: str) -> None:

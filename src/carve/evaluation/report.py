@@ -1,4 +1,5 @@
-"""The run's report: seeds' table, metric box plots, training curves, uncertainty against Dice, configuration.
+"""The run's report: seeds' table, metric box plots, training curves and costs, uncertainty against Dice,
+configuration.
 
 Figures are matplotlib :class:`~matplotlib.figure.Figure` objects built without pyplot (no global state), in
 matplotlib's default style whatever the user's matplotlibrc says, at a fixed size and resolution.
@@ -326,6 +327,67 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def training_summary(
+    configs: Mapping[int, Mapping[str, Any]], benchmarks: Mapping[int, Mapping[str, Any]]
+) -> pd.DataFrame:
+    """One row per fold: how it trained and what it cost, from its resolved ``config.json`` (rule ``train_fold``)
+    and Snakemake's benchmark of the job (``s``: wall seconds, ``cpu_time``: CPU seconds of the job's processes).
+
+    Columns: fold, method (``supervised`` or the semi-supervised method), labelled training cases, unlabelled
+    images, iterations, precision, wall and CPU minutes, the saved model's final mean validation Dice, and with a
+    mean teacher the network's beside the teacher's (the teacher is the saved model)."""
+    rows = []
+    for fold in sorted(configs):
+        config, bench = configs[fold], benchmarks.get(fold, {})
+        semi = config.get("semi_supervised") or {}
+        saved = _nan_mean(config.get("val_dice"))
+        rows.append(
+            {
+                "fold": int(fold),
+                "method": semi.get("method", "supervised"),
+                "labelled_cases": len(config.get("train_cases") or []),
+                "unlabelled_images": len(semi.get("unlabelled_cases") or []),
+                "iterations": config.get("train", {}).get("iterations"),
+                "precision": config.get("runtime", {}).get("precision"),
+                "wall_min": float(bench["s"]) / 60 if "s" in bench else float("nan"),
+                "cpu_min": float(bench["cpu_time"]) / 60 if "cpu_time" in bench else float("nan"),
+                "val_dice": saved,
+                "student_val_dice": _nan_mean(semi["student_val_dice"]) if "student_val_dice" in semi else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _nan_mean(values: Any) -> float:
+    finite = [float(v) for v in values or [] if v is not None and np.isfinite(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def training_summary_html(table: pd.DataFrame, unlabelled: Sequence[str]) -> str:
+    """The training summary as a page: the per-fold table, the totals, and which images were unlabelled."""
+    totals = (
+        f"{len(table)} fold(s): {table['wall_min'].sum():.1f} min wall clock, {table['cpu_min'].sum():.1f} CPU min "
+        "(training jobs only)"
+    )
+    methods = sorted(set(table["method"]))
+    if methods == ["supervised"]:
+        about = "<p>Supervised training on the labelled cases only.</p>"
+    else:
+        about = (
+            "<p>Semi-supervised (" + html.escape(", ".join(methods)) + f"): {len(unlabelled)} image(s) read without "
+            "labels, never segmented nor evaluated. A mean teacher saves the teacher (the exponential moving average "
+            "of the network); <code>student_val_dice</code> is the network's validation Dice beside it.</p>"
+        )
+        if unlabelled:
+            about += "<p>Unlabelled images: " + html.escape(", ".join(unlabelled)) + "</p>"
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>carve: training</title></head>'
+        '<body style="font-family:sans-serif">\n<h2>Training per fold</h2>\n'
+        + table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
+        + f"\n<p>{html.escape(totals)}</p>\n{about}\n</body></html>\n"
+    )
+
+
 # File-level steps (the Snakemake adapters call these).
 
 
@@ -359,3 +421,23 @@ def write_configuration(config: Mapping[str, Any], plans_path: Path, out_yaml: P
     config_yaml, page = configuration_documents(config, json.loads(Path(plans_path).read_text()))
     atomic_write_text(out_yaml, config_yaml)
     atomic_write_text(out_html, page)
+
+
+def write_training_summary(
+    config_paths: Mapping[int, Path], benchmark_paths: Mapping[int, Path], out_tsv: Path, out_html: Path
+) -> pd.DataFrame:
+    """Rule ``summarise_training``: :func:`training_summary` as a TSV and an HTML page."""
+    import json
+
+    configs = {fold: json.loads(Path(p).read_text()) for fold, p in config_paths.items()}
+    benchmarks = {}
+    for fold, path in benchmark_paths.items():
+        records = pd.read_csv(path, sep="\t").to_dict("records")
+        benchmarks[fold] = records[-1] if records else {}
+    table = training_summary(configs, benchmarks)
+    unlabelled = sorted(
+        {c for cfg in configs.values() for c in (cfg.get("semi_supervised") or {}).get("unlabelled_cases") or []}
+    )
+    atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False, float_format="%.6g"))
+    atomic_write_text(out_html, training_summary_html(table, unlabelled))
+    return table

@@ -42,6 +42,8 @@ REPORT_FILES = (
     "metrics_boxplots.png",
     "uncertainty_vs_dice.png",
     "training_curves.png",
+    "training.tsv",
+    "training.html",
     "configuration.yaml",
     "configuration.html",
 )
