@@ -31,6 +31,7 @@ wildcard_constraints:
     train_case=RUN.constraints()["train_case"],
     unlabelled_case=RUN.constraints()["unlabelled_case"],
     fold=RUN.constraints()["fold"],
+    round=RUN.constraints()["round"],
 
 
 def _alternatives(names):
@@ -119,6 +120,24 @@ budget_params = RUN.budget_params
 budget_semi_supervised = RUN.budget_semi_supervised
 semi_supervised_params = RUN.semi_supervised_params
 unlabelled_preprocessed = RUN.unlabelled_preprocessed
+training_stages = RUN.training_stages
+
+
+def round_model(wildcards):
+    return RUN.round_model(int(wildcards.round), wildcards.fold)
+
+
+def round_pseudo_labels(wildcards):
+    return RUN.round_pseudo_labels(int(wildcards.round), wildcards.fold)
+
+
+def round_semi_supervised(wildcards):
+    return RUN.round_semi_supervised(int(wildcards.round))
+
+
+def train_fold_pseudo_labels(wildcards):
+    return RUN.fold_pseudo_labels(wildcards.fold)
+
 train_runtime_min = RUN.train_runtime_min
 evaluated_cases = RUN.evaluated_cases
 learning_curve_sizes = RUN.learning_curve_sizes

@@ -120,8 +120,9 @@ rule plot_training_curves:
 
 rule summarise_training:
     input:
-        configs=expand(f"{R}/models/fold_{{fold}}/config.json", fold=FOLDS),
-        benchmarks=expand(f"{R}/benchmarks/train_fold/fold_{{fold}}.tsv", fold=FOLDS),
+        configs=[s["config"] for s in training_stages()],
+        benchmarks=[s["benchmark"] for s in training_stages()],
+        pseudo_labels=[s["pseudo_labels"] for s in training_stages() if s["pseudo_labels"]],
     output:
         table=report(
             f"{R}/report/training.tsv",
@@ -140,7 +141,7 @@ rule summarise_training:
     benchmark:
         f"{R}/benchmarks/summarise_training/summarise_training.tsv"
     params:
-        folds=FOLDS,
+        stages=training_stages(),
     threads: 1
     resources:
         mem_mb=1000,

@@ -4,6 +4,7 @@ rule train_fold:
         splits=f"{R}/splits.json",
         cases=[f"{R}/preprocessed/{c}.npz" for c in TRAIN],
         unlabelled=unlabelled_preprocessed(),
+        pseudo_labels=train_fold_pseudo_labels,
     output:
         model=f"{R}/models/fold_{{fold}}/model.pt",
         config=f"{R}/models/fold_{{fold}}/config.json",

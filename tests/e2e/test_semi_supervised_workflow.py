@@ -120,3 +120,34 @@ def test_a_mean_teacher_run_killed_mid_training_reruns_to_the_same_bytes(semi_ru
     assert set(resumed) == set(reference) and any(k.startswith("preprocessed/unlabelled/") for k in reference)
     differing = sorted(k for k in reference if reference[k] != resumed[k])
     assert not differing, f"differ from the uninterrupted run: {differing}"
+
+
+def test_self_training_teaches_each_student_fold_with_its_own_teacher_fold(tmp_path) -> None:
+    extra = tmp_path / "self.yaml"
+    demo = {**SEMI["demo"], "n_test": 1}
+    extra.write_text(yaml.safe_dump({"demo": demo, "semi_supervised": {"method": "self_training", "rounds": 2,
+                                                                       "confidence_threshold": 0.5}}))  # fmt: skip
+    out = run_snakemake(tmp_path, "--cores", "2", configs=(E2E_CONFIG, extra))
+    assert out.returncode == 0, out.stderr[-5000:]
+    jobs = job_stats(out.stdout + out.stderr)
+    assert jobs["train_round_fold"] == 4 and jobs["pseudo_label_fold"] == 4 and jobs["train_fold"] == 2
+    assert jobs["preprocess_unlabelled"] == 2  # the rows of role unlabelled only (use_test_images is off)
+    results = tmp_path / "results" / "e2e"
+    for fold in (0, 1):
+        for round_index in (0, 1):
+            teacher = json.loads((results / "pseudo_labels" / f"round_{round_index}" / f"fold_{fold}" /
+                                  "teacher.json").read_text())  # fmt: skip
+            assert teacher["fold"] == fold and teacher["round"] == round_index
+            expected = f"models/round_{round_index}/fold_{fold}/model.pt"
+            assert teacher["model"].endswith(expected)
+        round_0 = json.loads((results / "models" / "round_0" / f"fold_{fold}" / "config.json").read_text())
+        assert "semi_supervised" not in round_0  # the first teacher is supervised
+        final = json.loads((results / "models" / f"fold_{fold}" / "config.json").read_text())
+        semi = final["semi_supervised"]
+        assert semi["method"] == "self_training" and semi["teacher"]["fold"] == fold
+        assert semi["teacher"]["round"] == 1 and semi["pseudo_labelled_images"] == 2
+    table = pd.read_csv(results / "report" / "training.tsv", sep="\t")
+    assert table["stage"].tolist() == ["teacher round 0"] * 2 + ["teacher round 1"] * 2 + ["final"] * 2
+    assert table["method"].tolist() == ["supervised"] * 2 + ["self_training"] * 4
+    assert table["pseudo_kept"][:2].isna().all() and table["pseudo_kept"][2:].between(0, 1).all()
+    assert (results / "cv" / "demo_000.nii.gz").is_file() and (results / "predictions" / "demo_004.nii.gz").is_file()

@@ -328,7 +328,7 @@ def test_read_meshes_takes_one_file_per_mesh_whatever_the_formats(tmp_path, obli
     assert [m.name for m in found] == ["lobe"]
 
 
-def test_training_summary_states_each_folds_method_cost_and_both_dice(tmp_path) -> None:
+def test_training_summary_states_each_jobs_method_cost_and_both_dice(tmp_path) -> None:
     from carve.evaluation.report import write_training_summary
 
     supervised = {"train_cases": ["a", "b"], "train": {"iterations": 40}, "runtime": {"precision": "bf16"},
@@ -336,19 +336,24 @@ def test_training_summary_states_each_folds_method_cost_and_both_dice(tmp_path) 
     teacher = {**supervised, "val_dice": [0.9, float("nan")]}
     teacher["semi_supervised"] = {"method": "mean_teacher", "unlabelled_cases": ["u2", "u1"],
                                   "student_val_dice": [0.7, 0.5]}  # fmt: skip
-    paths, benches = {}, {}
-    for fold, config in enumerate((supervised, teacher)):
-        paths[fold] = tmp_path / f"config_{fold}.json"
-        paths[fold].write_text(json.dumps(config))
-        benches[fold] = tmp_path / f"bench_{fold}.tsv"
-        benches[fold].write_text(f"s\th:m:s\tcpu_time\n{60 * (fold + 1)}\t0:01:00\t{90 * (fold + 1)}\n")
-    table = write_training_summary(paths, benches, tmp_path / "t.tsv", tmp_path / "t.html")
-    assert table["method"].tolist() == ["supervised", "mean_teacher"]
-    assert table["unlabelled_images"].tolist() == [0, 2] and table["labelled_cases"].tolist() == [2, 2]
-    np.testing.assert_allclose(table["wall_min"], [1.0, 2.0])
-    np.testing.assert_allclose(table["cpu_min"], [1.5, 3.0])
-    np.testing.assert_allclose(table["val_dice"], [0.7, 0.9])  # NaN (a label absent) left out of the mean
+    student = {**supervised, "semi_supervised": {"method": "self_training", "unlabelled_cases": ["u3"]}}
+    pseudo = tmp_path / "pseudo"
+    pseudo.mkdir()
+    (pseudo / "pseudo_labels.tsv").write_text("case\tkept_fraction\nu3\t0.6\nu4\t0.8\n")
+    stages = []
+    for i, (config, folder) in enumerate(((supervised, None), (teacher, None), (student, pseudo))):
+        (tmp_path / f"config_{i}.json").write_text(json.dumps(config))
+        (tmp_path / f"bench_{i}.tsv").write_text(f"s\th:m:s\tcpu_time\n{60 * (i + 1)}\t0:01:00\t{90 * (i + 1)}\n")
+        stages.append({"stage": "final", "fold": i, "config": tmp_path / f"config_{i}.json",
+                       "benchmark": tmp_path / f"bench_{i}.tsv", "pseudo_labels": folder})  # fmt: skip
+    table = write_training_summary(stages, tmp_path / "t.tsv", tmp_path / "t.html")
+    assert table["method"].tolist() == ["supervised", "mean_teacher", "self_training"]
+    assert table["unlabelled_images"].tolist() == [0, 2, 1] and table["labelled_cases"].tolist() == [2, 2, 2]
+    np.testing.assert_allclose(table["wall_min"], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(table["cpu_min"], [1.5, 3.0, 4.5])
+    np.testing.assert_allclose(table["val_dice"], [0.7, 0.9, 0.7])  # NaN (a label absent) left out of the mean
     assert np.isnan(table["student_val_dice"][0]) and table["student_val_dice"][1] == pytest.approx(0.6)
+    assert np.isnan(table["pseudo_kept"][0]) and table["pseudo_kept"][2] == pytest.approx(0.7)
     page = (tmp_path / "t.html").read_text()
-    assert "Unlabelled images: u1, u2" in page and "3.0 min wall clock, 4.5 CPU min" in page
-    assert (tmp_path / "t.tsv").read_text().splitlines()[0].split("\t")[:3] == ["fold", "method", "labelled_cases"]
+    assert "Unlabelled images: u1, u2, u3" in page and "6.0 min wall clock, 9.0 CPU min" in page
+    assert (tmp_path / "t.tsv").read_text().splitlines()[0].split("\t")[:3] == ["stage", "fold", "method"]

@@ -187,3 +187,27 @@ def test_semi_supervised_errors_name_the_key_or_the_row(data: Path) -> None:
     bad = [*labelled, ("u", "a_img.nii.gz", "a_lab.nii.gz", "unlabelled")]
     with pytest.raises(ConfigError, match=r"row 5, case 'u': an unlabelled case has no label"):
         resolve_run({**config, "cases": sheet(data / "bad.tsv", bad)})
+
+
+def test_self_training_rounds_name_each_jobs_model_and_pseudo_labels(data: Path) -> None:
+    rows = [*train_rows(), ("u", "a_img.nii.gz", "", "unlabelled")]
+    config = {"cases": sheet(data / "s.tsv", rows), "labels": {1: "organ"}, "folds": 3}
+    run = resolve_run({**config, "semi_supervised": {"method": "self_training", "rounds": 2}})
+    assert run.self_training_rounds() == 2 and run.budget_semi_supervised() == {}  # a student's step costs the same
+    assert run.round_model(0, 1) == "results/models/round_0/fold_1/model.pt"
+    assert run.round_model(2, 1) == "results/models/fold_1/model.pt"  # the last round's students are the run's models
+    assert run.round_pseudo_labels(0, 1) == [] and run.round_pseudo_labels(2, 1) == [
+        "results/pseudo_labels/round_1/fold_1"
+    ]
+    assert run.fold_pseudo_labels(2) == ["results/pseudo_labels/round_1/fold_2"]
+    assert run.round_semi_supervised(0) == {"method": "none"}
+    assert run.round_semi_supervised(1)["method"] == "self_training"
+    stages = run.training_stages()
+    assert [s["stage"] for s in stages] == ["teacher round 0"] * 3 + ["teacher round 1"] * 3 + ["final"] * 3
+    assert stages[4]["config"] == "results/models/round_1/fold_1/config.json"
+    assert stages[4]["benchmark"] == "results/benchmarks/train_round_fold/round_1/fold_1.tsv"
+    assert stages[4]["pseudo_labels"] == "results/pseudo_labels/round_0/fold_1" and stages[0]["pseudo_labels"] is None
+    supervised = resolve_run(config, warn=lambda _: None)
+    assert supervised.self_training_rounds() == 0 and supervised.fold_pseudo_labels(0) == []
+    assert [s["stage"] for s in supervised.training_stages()] == ["final"] * 3
+    assert supervised.training_stages()[0]["benchmark"] == "results/benchmarks/train_fold/fold_0.tsv"

@@ -306,3 +306,72 @@ def test_options_errors_name_the_key_and_what_is_allowed(block: dict, message: s
 def test_options_block_must_be_a_mapping() -> None:
     with pytest.raises(InputError, match="semi_supervised: must be a mapping"):
         SemiSupervisedOptions.from_config(["self_training"])  # type: ignore[arg-type]
+
+
+# ---- self-training's masked pseudo-labels and the loss that ignores them ------------------------------------------
+def test_masked_pseudo_labels_hold_the_ignore_value_below_the_threshold() -> None:
+    from carve.training.semi_supervised import IGNORE_LABEL, masked_pseudo_labels
+
+    p = _voxels([0.95, 0.05], [0.2, 0.8], [0.5, 0.5], [0.1, 0.9])
+    labels, kept = masked_pseudo_labels(p, SemiSupervisedOptions(method="self_training", confidence_threshold=0.85))
+    assert labels.dtype == np.uint8 and labels.ravel().tolist() == [0, IGNORE_LABEL, IGNORE_LABEL, 1]
+    assert kept == pytest.approx(0.5)
+    everything, kept_all = masked_pseudo_labels(p, SemiSupervisedOptions(confidence_threshold=0.0))
+    assert everything.ravel().tolist() == [0, 1, 0, 1] and kept_all == 1.0
+    # confidence weighting is a mask here (a student's loss takes masks): the threshold still decides
+    labels_c, _ = masked_pseudo_labels(p, SemiSupervisedOptions(weighting="confidence", confidence_threshold=0.85))
+    np.testing.assert_array_equal(labels_c, labels)
+
+
+def test_the_loss_ignores_masked_voxels_and_equals_the_plain_loss_without_them() -> None:
+    from carve.training.semi_supervised import IGNORE_LABEL
+    from carve.training.train import deep_supervision_loss, dice_ce_loss, masked_dice_ce_loss
+
+    gen = torch.Generator().manual_seed(0)
+    strides = ((1, 1, 1), (2, 2, 2))
+    outputs = [torch.randn(2, 3, 4, 8, 8, generator=gen), torch.randn(2, 3, 2, 4, 4, generator=gen)]
+    labels = torch.randint(0, 3, (2, 4, 8, 8), generator=gen)
+    target = F.one_hot(labels, 3).permute(0, 4, 1, 2, 3).float()
+    ones = torch.ones(2, 1, 4, 8, 8)
+    assert float(masked_dice_ce_loss(outputs[0], target, ones)) == pytest.approx(
+        float(dice_ce_loss(outputs[0], target))
+    )
+    masked = labels.clone()
+    masked[:, :2] = IGNORE_LABEL  # the first two slices: the teacher was unsure there
+    base = deep_supervision_loss(outputs, masked, 3, strides)
+    changed = [o.clone() for o in outputs]
+    changed[0][:, :, :2] = 50 * torch.randn(2, 3, 2, 8, 8, generator=gen)  # anything at the ignored voxels
+    assert float(deep_supervision_loss(changed, masked, 3, strides)) == pytest.approx(float(base), rel=1e-6)
+    changed[0][:, :, 2:] += 1.0 * torch.randn(2, 3, 2, 8, 8, generator=gen)  # but the kept voxels count
+    assert float(deep_supervision_loss(changed, masked, 3, strides)) != pytest.approx(float(base), rel=1e-3)
+    # no masked voxel: the plain loss, to the byte
+    plain = deep_supervision_loss(outputs, labels, 3, strides)
+    assert torch.equal(plain, deep_supervision_loss(outputs, labels.clone(), 3, strides))
+    with pytest.raises(ValueError, match="several datasets"):
+        deep_supervision_loss(outputs, masked, 3, strides, annotated=torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_a_student_batch_mixes_labelled_and_pseudo_labelled_patches_in_the_set_share() -> None:
+    from carve.training.sampling import PatchSampler
+    from carve.training.train import mixed_batch
+
+    labelled = [(np.zeros((1, 6, 6, 6), np.float32), np.zeros((6, 6, 6), np.uint8))]
+    pseudo = [(np.ones((1, 6, 6, 6), np.float32), np.full((6, 6, 6), 255, np.uint8))]
+    a = PatchSampler(labelled, (4, 4, 4), 2, 0.0, np.random.default_rng(0))
+    b = PatchSampler(pseudo, (4, 4, 4), 2, 0.0, np.random.default_rng(1))
+    images, labels = mixed_batch(a, b, 4, 0.5)
+    assert images.shape == (4, 1, 4, 4, 4) and images[:, 0, 0, 0, 0].tolist() == [0, 0, 1, 1]
+    assert labels[2:].min() == 255 and labels[:2].max() == 0
+    counts = [int(mixed_batch(a, b, 3, 0.5)[0][:, 0, 0, 0, 0].sum()) for _ in range(400)]
+    assert set(counts) == {1, 2} and np.mean(counts) == pytest.approx(1.5, abs=0.1)  # random rounding: exact mean
+    assert mixed_batch(a, b, 2, 1.0)[0][:, 0, 0, 0, 0].tolist() == [1, 1]
+    assert mixed_batch(a, b, 2, 0.0)[0][:, 0, 0, 0, 0].tolist() == [0, 0]
+
+
+def test_the_noisy_students_augmentation_doubles_each_probability_but_mirroring() -> None:
+    from carve.training.augment import AugmentConfig, stronger
+
+    base = AugmentConfig(p_rotation=0.2, p_gamma=0.6, p_mirror=0.5, mirror_axes=(2,))
+    strong = stronger(base)
+    assert strong.p_rotation == pytest.approx(0.4) and strong.p_gamma == 1.0 and strong.p_mirror == 0.5
+    assert strong.mirror_axes == (2,) and strong.rotation_deg == base.rotation_deg

@@ -298,3 +298,57 @@ def test_mean_teacher_needs_unlabelled_images_of_the_networks_channels(tmp_path)
     with pytest.raises(ValueError, match="unlabelled image 1: shape"):
         train_fold(TRAIN, VAL, _config(epochs=1), tmp_path, unlabelled=[UNLABELLED[0], UNLABELLED[1][0]],
                    semi=_mean_teacher())  # fmt: skip
+
+
+def _student(**kw):
+    from carve.training.semi_supervised import SemiSupervisedOptions
+
+    return SemiSupervisedOptions(method="self_training", **kw)
+
+
+def _pseudo_cases():
+    from carve.training.semi_supervised import IGNORE_LABEL
+
+    cases = []
+    for s in range(20, 22):
+        image, label = _sphere_case(s)
+        label = label.copy()
+        label[:4] = IGNORE_LABEL  # the teacher was unsure in the first slices
+        cases.append((image[None], label))
+    return cases
+
+
+def test_a_self_training_student_learns_from_pseudo_labels_and_resumes_exactly(tmp_path, monkeypatch) -> None:
+    config, semi = _config(epochs=3), _student()
+    path = train_fold(TRAIN, VAL, config, tmp_path / "ref", semi=semi, pseudo_cases=_pseudo_cases())
+    model, extra = load_model(path)
+    record = extra["semi_supervised"]
+    assert (
+        record["method"] == "self_training" and record["pseudo_labelled_images"] == 2 and record["saved"] == "network"
+    )
+    plain = _weights(train_fold(TRAIN, VAL, config, tmp_path / "plain"))
+    assert not all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    real, calls = train_mod._write_curves, {"n": 0}
+
+    def crash_after_first_epoch(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TRAIN, VAL, config, tmp_path / "run", semi=semi, pseudo_cases=_pseudo_cases())
+    monkeypatch.setattr(train_mod, "_write_curves", real)
+    resumed = _weights(train_fold(TRAIN, VAL, config, tmp_path / "run", semi=semi, pseudo_cases=_pseudo_cases()))
+    assert all(torch.equal(v, resumed[k]) for k, v in model.state_dict().items())
+
+
+def test_a_student_needs_pseudo_labels_within_the_classes(tmp_path) -> None:
+    with pytest.raises(ValueError, match="needs pseudo-labelled images"):
+        train_fold(TRAIN, VAL, _config(epochs=1), tmp_path, semi=_student())
+    image, label = _pseudo_cases()[0]
+    label = label.copy()
+    label[-1, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"label values \[0, 1, 7, 255\] beyond 2 classes"):
+        train_fold(TRAIN, VAL, _config(epochs=1), tmp_path, semi=_student(), pseudo_cases=[(image, label)])

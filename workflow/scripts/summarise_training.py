@@ -1,4 +1,4 @@
-"""Snakemake adapter: how each fold trained and what it cost (report/training.tsv and .html)."""
+"""Snakemake adapter: how each training job went and what it cost (report/training.tsv and .html)."""
 
 import sys
 
@@ -8,12 +8,10 @@ from pathlib import Path
 from carve.evaluation.report import write_training_summary
 from carve.pipeline.workflow import run_step
 
-folds = [int(f) for f in snakemake.params.folds]
 run_step(
     snakemake.log[0],
     write_training_summary,
-    dict(zip(folds, map(Path, snakemake.input.configs), strict=True)),
-    dict(zip(folds, map(Path, snakemake.input.benchmarks), strict=True)),
+    [dict(stage) for stage in snakemake.params.stages],
     Path(snakemake.output.table),
     Path(snakemake.output.html),
 )

@@ -23,4 +23,5 @@ run_step(
     case_datasets=snakemake.params.case_datasets,
     unlabelled_paths=[Path(p) for p in snakemake.input.unlabelled],
     semi_supervised=dict(snakemake.params.semi_supervised),
+    pseudo_label_dirs=[Path(p) for p in snakemake.input.pseudo_labels],
 )

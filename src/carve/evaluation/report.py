@@ -327,31 +327,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def training_summary(
-    configs: Mapping[int, Mapping[str, Any]], benchmarks: Mapping[int, Mapping[str, Any]]
-) -> pd.DataFrame:
-    """One row per fold: how it trained and what it cost, from its resolved ``config.json`` (rule ``train_fold``)
-    and Snakemake's benchmark of the job (``s``: wall seconds, ``cpu_time``: CPU seconds of the job's processes).
+def training_summary(stages: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per training job: how it trained and what it cost. Each stage gives ``stage`` (``final``: the run's
+    models; ``teacher round r``: self-training's earlier rounds), ``fold``, its resolved ``config`` (the fold's
+    ``config.json``), ``benchmark`` (Snakemake's record of the job: ``s`` wall seconds, ``cpu_time`` CPU seconds)
+    and ``pseudo`` (the pseudo-label table it learnt from, or None).
 
-    Columns: fold, method (``supervised`` or the semi-supervised method), labelled training cases, unlabelled
-    images, iterations, precision, wall and CPU minutes, the saved model's final mean validation Dice, and with a
-    mean teacher the network's beside the teacher's (the teacher is the saved model)."""
+    Columns: stage, fold, method (``supervised`` or the semi-supervised method), labelled training cases,
+    unlabelled images, the mean share of pseudo-label voxels kept, iterations, precision, wall and CPU minutes, the
+    saved model's final mean validation Dice, and with a mean teacher the network's beside the teacher's."""
     rows = []
-    for fold in sorted(configs):
-        config, bench = configs[fold], benchmarks.get(fold, {})
+    for entry in stages:
+        config, bench, pseudo = entry["config"], entry.get("benchmark") or {}, entry.get("pseudo")
         semi = config.get("semi_supervised") or {}
-        saved = _nan_mean(config.get("val_dice"))
         rows.append(
             {
-                "fold": int(fold),
+                "stage": entry["stage"],
+                "fold": int(entry["fold"]),
                 "method": semi.get("method", "supervised"),
                 "labelled_cases": len(config.get("train_cases") or []),
                 "unlabelled_images": len(semi.get("unlabelled_cases") or []),
+                "pseudo_kept": float(pseudo["kept_fraction"].mean()) if pseudo is not None else float("nan"),
                 "iterations": config.get("train", {}).get("iterations"),
                 "precision": config.get("runtime", {}).get("precision"),
                 "wall_min": float(bench["s"]) / 60 if "s" in bench else float("nan"),
                 "cpu_min": float(bench["cpu_time"]) / 60 if "cpu_time" in bench else float("nan"),
-                "val_dice": saved,
+                "val_dice": _nan_mean(config.get("val_dice")),
                 "student_val_dice": _nan_mean(semi["student_val_dice"]) if "student_val_dice" in semi else float("nan"),
             }
         )
@@ -365,10 +366,8 @@ def _nan_mean(values: Any) -> float:
 
 def training_summary_html(table: pd.DataFrame, unlabelled: Sequence[str]) -> str:
     """The training summary as a page: the per-fold table, the totals, and which images were unlabelled."""
-    totals = (
-        f"{len(table)} fold(s): {table['wall_min'].sum():.1f} min wall clock, {table['cpu_min'].sum():.1f} CPU min "
-        "(training jobs only)"
-    )
+    wall, cpu = table["wall_min"].sum(), table["cpu_min"].sum()
+    totals = f"{len(table)} training job(s): {wall:.1f} min wall clock, {cpu:.1f} CPU min (training jobs only)"
     methods = sorted(set(table["method"]))
     if methods == ["supervised"]:
         about = "<p>Supervised training on the labelled cases only.</p>"
@@ -376,7 +375,9 @@ def training_summary_html(table: pd.DataFrame, unlabelled: Sequence[str]) -> str
         about = (
             "<p>Semi-supervised (" + html.escape(", ".join(methods)) + f"): {len(unlabelled)} image(s) read without "
             "labels, never segmented nor evaluated. A mean teacher saves the teacher (the exponential moving average "
-            "of the network); <code>student_val_dice</code> is the network's validation Dice beside it.</p>"
+            "of the network); <code>student_val_dice</code> is the network's validation Dice beside it. "
+            "Self-training's students learn from their own fold's teacher; <code>pseudo_kept</code> is the mean share "
+            "of pseudo-label voxels confident enough to count.</p>"
         )
         if unlabelled:
             about += "<p>Unlabelled images: " + html.escape(", ".join(unlabelled)) + "</p>"
@@ -423,20 +424,27 @@ def write_configuration(config: Mapping[str, Any], plans_path: Path, out_yaml: P
     atomic_write_text(out_html, page)
 
 
-def write_training_summary(
-    config_paths: Mapping[int, Path], benchmark_paths: Mapping[int, Path], out_tsv: Path, out_html: Path
-) -> pd.DataFrame:
-    """Rule ``summarise_training``: :func:`training_summary` as a TSV and an HTML page."""
+def write_training_summary(stages: Sequence[Mapping[str, Any]], out_tsv: Path, out_html: Path) -> pd.DataFrame:
+    """Rule ``summarise_training``: :func:`training_summary` as a TSV and an HTML page; ``stages`` name the files
+    (``config``, ``benchmark``, ``pseudo_labels``: a folder of :mod:`carve.prediction.pseudo_labels`, or None)."""
     import json
 
-    configs = {fold: json.loads(Path(p).read_text()) for fold, p in config_paths.items()}
-    benchmarks = {}
-    for fold, path in benchmark_paths.items():
-        records = pd.read_csv(path, sep="\t").to_dict("records")
-        benchmarks[fold] = records[-1] if records else {}
-    table = training_summary(configs, benchmarks)
+    read = []
+    for stage in stages:
+        records = pd.read_csv(stage["benchmark"], sep="\t").to_dict("records")
+        folder = stage.get("pseudo_labels")
+        read.append(
+            {
+                "stage": stage["stage"],
+                "fold": stage["fold"],
+                "config": json.loads(Path(stage["config"]).read_text()),
+                "benchmark": records[-1] if records else {},
+                "pseudo": pd.read_csv(Path(folder) / "pseudo_labels.tsv", sep="\t") if folder else None,
+            }
+        )
+    table = training_summary(read)
     unlabelled = sorted(
-        {c for cfg in configs.values() for c in (cfg.get("semi_supervised") or {}).get("unlabelled_cases") or []}
+        {c for r in read for c in (r["config"].get("semi_supervised") or {}).get("unlabelled_cases") or []}
     )
     atomic_write_text(out_tsv, table.to_csv(sep="\t", index=False, float_format="%.6g"))
     atomic_write_text(out_html, training_summary_html(table, unlabelled))

@@ -156,6 +156,7 @@ class Run:
             "train_case": _alternatives(self.train),
             "unlabelled_case": _alternatives(self.unlabelled_images),
             "fold": r"\d+",
+            "round": r"\d+",
         }
 
     # ---- per case -----------------------------------------------------------------------------------------
@@ -325,6 +326,56 @@ class Run:
     def semi_supervised_params(self) -> dict[str, Any]:
         """The ``semi_supervised`` block a fold trains with (method none without unlabelled images)."""
         return asdict(self.semi_supervised) if self.unlabelled_images else {"method": "none"}
+
+    def self_training_rounds(self) -> int:
+        """Teacher -> student rounds of self-training (0 without it): round 0 is the supervised teacher, round
+        ``rounds`` the run's models (``models/fold_k``), the rounds between in ``models/round_<r>/fold_k``."""
+        options = self.semi_supervised
+        return options.rounds if options.method == "self_training" and self.unlabelled_images else 0
+
+    def round_model(self, round_index: int, fold: int | str) -> str:
+        """The model of fold ``fold`` after round ``round_index`` of self-training."""
+        if int(round_index) == self.self_training_rounds():
+            return f"{self.results}/models/fold_{fold}/model.pt"
+        return f"{self.results}/models/round_{int(round_index)}/fold_{fold}/model.pt"
+
+    def round_pseudo_labels(self, round_index: int, fold: int | str) -> list[str]:
+        """The pseudo-label folder the model of round ``round_index`` of fold ``fold`` learns from: its own fold's
+        teacher of the round before (none for round 0, the supervised teacher)."""
+        if int(round_index) == 0:
+            return []
+        return [f"{self.results}/pseudo_labels/round_{int(round_index) - 1}/fold_{fold}"]
+
+    def fold_pseudo_labels(self, fold: int | str) -> list[str]:
+        """What rule ``train_fold`` (the run's models) reads from self-training: the last round's pseudo-labels."""
+        rounds = self.self_training_rounds()
+        return self.round_pseudo_labels(rounds, fold) if rounds else []
+
+    def round_semi_supervised(self, round_index: int) -> dict[str, Any]:
+        """The block a round's fold trains with: round 0 (the teacher) supervised, the students self-training."""
+        return {"method": "none"} if int(round_index) == 0 else self.semi_supervised_params()
+
+    def training_stages(self) -> list[dict[str, Any]]:
+        """Every training job of the run, in order, for the report: stage, fold, its config.json, its benchmark and
+        the pseudo-label folder it learnt from (or None)."""
+        rounds, r = self.self_training_rounds(), self.results
+        stages = []
+        for round_index in range(rounds + 1):
+            final = round_index == rounds
+            folder = "models" if final else f"models/round_{round_index}"
+            bench = "train_fold" if final else f"train_round_fold/round_{round_index}"
+            for fold in self.folds:
+                pseudo = self.round_pseudo_labels(round_index, fold) if rounds else []
+                stages.append(
+                    {
+                        "stage": "final" if final else f"teacher round {round_index}",
+                        "fold": fold,
+                        "config": f"{r}/{folder}/fold_{fold}/config.json",
+                        "benchmark": f"{r}/benchmarks/{bench}/fold_{fold}.tsv",
+                        "pseudo_labels": pseudo[0] if pseudo else None,
+                    }
+                )
+        return stages
 
     def unlabelled_preprocessed(self) -> list[str]:
         """The preprocessed unlabelled images every fold reads (none without a semi-supervised method)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -57,6 +57,18 @@ class AugmentConfig:
                 raise ValueError(f"AugmentConfig.{name} must be a probability, got {value}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ValueError(f"mirror_axes must be array axes 0, 1, 2, got {self.mirror_axes}")
+
+
+def stronger(config: AugmentConfig) -> AugmentConfig:
+    """The noisy student's augmentation (Xie et al. 2020: the student learns under more noise than its teacher
+    predicted with): every probability but mirroring's doubled, at most 1; mirroring stays as planned (it may not
+    swap sides the labels name)."""
+    changes = {
+        name: min(1.0, 2.0 * value)
+        for name, value in vars(config).items()
+        if name.startswith("p_") and name != "p_mirror"
+    }
+    return replace(config, **changes)
 
 
 def _max_angles_rad(config: AugmentConfig, spacing_mm: Sequence[float]) -> np.ndarray:

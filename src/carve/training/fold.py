@@ -95,13 +95,18 @@ def train_one_fold(
     dataset: str | None = None,
     unlabelled_paths: Sequence[Path] = (),
     semi_supervised: Mapping[str, Any] | None = None,
+    pseudo_label_dirs: Sequence[Path] = (),
 ) -> Path:
     """Train fold ``fold`` on its training cases, validating on its held-out cases.
 
     Plans of several datasets need ``case_datasets`` (case -> dataset); with ``dataset`` the fold trains on
     that dataset's cases only (an individual model, to compare with the shared one). ``semi_supervised``: the
     config's block (:class:`carve.training.semi_supervised.SemiSupervisedOptions`); a method other than none reads
-    the preprocessed images ``unlabelled_paths`` (rule ``preprocess_unlabelled``) without labels."""
+    the preprocessed images ``unlabelled_paths`` (rule ``preprocess_unlabelled``) without labels. A self-training
+    student (method ``self_training``) also reads the one folder of ``pseudo_label_dirs`` its teacher wrote
+    (:mod:`carve.prediction.pseudo_labels`), which must be teacher fold ``fold``'s, and trains under the noisy
+    student's stronger augmentation (:func:`carve.training.augment.stronger`)."""
+    from carve.training.augment import stronger
     from carve.training.network import load_payload
     from carve.training.semi_supervised import SemiSupervisedOptions
     from carve.training.train import train_fold
@@ -144,7 +149,13 @@ def train_one_fold(
     leaked = sorted(set(unlabelled_names) & {*names["train"], *names["val"]})
     if leaked:
         raise InputError(f"fold {fold}: labelled cases {leaked} are among the unlabelled images")
-    unlabelled = [load_case(Path(p))[0] for p in unlabelled_paths] if semi.enabled else []
+    unlabelled, pseudo_cases, teacher = [], [], None
+    if semi.method == "mean_teacher":
+        unlabelled = [load_case(Path(p))[0] for p in unlabelled_paths]
+    elif semi.method == "self_training":
+        pseudo_cases, teacher = _student_cases(fold, names, unlabelled_paths, pseudo_label_dirs)
+        config = replace(config, augment=stronger(config.augment))
+        log.info("fold %d: a student of teacher fold %d round %d", fold, teacher["fold"], teacher["round"])
     model = train_fold(
         train_cases,
         val_cases,
@@ -155,6 +166,7 @@ def train_one_fold(
         domains=domains,
         unlabelled=unlabelled,
         semi=semi if semi.enabled else None,
+        pseudo_cases=pseudo_cases,
     )
     resolved = {
         "fold": fold,
@@ -179,9 +191,38 @@ def train_one_fold(
             **extra.get("semi_supervised", {}),
             **asdict(semi),
             "unlabelled_cases": unlabelled_names,
+            **({"teacher": teacher} if teacher is not None else {}),
         }
     atomic_write_text(out_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
     return model
+
+
+def _student_cases(fold: int, names: Mapping, unlabelled_paths: Sequence[Path], pseudo_label_dirs: Sequence[Path]):
+    """(image, pseudo-label) of each image teacher fold ``fold`` pseudo-labelled, and the teacher's record; only
+    that teacher's (:func:`carve.training.semi_supervised.student_training_inputs`)."""
+    from carve.prediction.pseudo_labels import load_pseudo_labels, read_pseudo_label
+    from carve.training.semi_supervised import LABELLED, student_training_inputs
+
+    if len(pseudo_label_dirs) != 1:
+        raise InputError(
+            f"semi_supervised.method 'self_training': student fold {fold} reads one teacher's pseudo-labels, "
+            f"got {len(pseudo_label_dirs)} folder(s)"
+        )
+    teacher, files = load_pseudo_labels(Path(pseudo_label_dirs[0]))
+    try:
+        inputs = student_training_inputs(
+            fold, names["train"], {int(teacher["fold"]): files}, run_labelled_cases=[*names["train"], *names["val"]]
+        )
+    except ValueError as err:
+        raise InputError(f"{pseudo_label_dirs[0]}: {err}") from None
+    images = {Path(p).name.removesuffix(".npz"): Path(p) for p in unlabelled_paths}
+    missing = sorted(c.case for c in inputs if c.source != LABELLED and c.case not in images)
+    if missing:
+        raise InputError(
+            f"{pseudo_label_dirs[0]}: pseudo-labels of images that are not among the unlabelled: {missing}"
+        )
+    pseudo = [(load_case(images[c.case])[0], read_pseudo_label(c.source)) for c in inputs if c.source != LABELLED]
+    return pseudo, teacher
 
 
 def _domains(plans: Mapping, case_datasets: Mapping[str, str] | None, names: Mapping, train_cases, where: Path):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 METHODS = ("none", "self_training", "mean_teacher")
 WEIGHTINGS = ("mask", "confidence")
 SUM_TOLERANCE = 1e-3  # a voxel's class probabilities must sum to 1 within this
+IGNORE_LABEL = 255  # a pseudo-label's masked voxel: no loss (carve.training.train.deep_supervision_loss)
 LABELLED = "labelled"  # the source of a case read with its own labels (student_training_inputs)
 _KEY = "semi_supervised"
 
@@ -53,6 +54,7 @@ class SemiSupervisedOptions:
     confidence_threshold: float = 0.9  # mask weighting: teacher max-probability below it weighs 0
     weighting: str = "mask"  # mask | confidence (max-probability rescaled: 1/n_classes -> 0, 1 -> 1)
     rounds: int = 1  # teacher -> student rounds; each round's student teaches the next
+    pseudo_fraction: float = 0.5  # share of each batch's patches drawn from the pseudo-labelled images
     # mean teacher
     ema_decay: float = 0.99  # teacher <- decay * teacher + (1 - decay) * student, after every step
     consistency_weight: float = 1.0  # weight of the consistency term once ramped up
@@ -69,6 +71,7 @@ class SemiSupervisedOptions:
             ("consistency_weight", 0.0, math.inf, True),
             ("rampup_fraction", 0.0, 1.0, False),
             ("noise_std", 0.0, math.inf, True),
+            ("pseudo_fraction", 0.0, 1.0, False),
         ):
             object.__setattr__(self, name, _number(name, getattr(self, name), low, high, high_open))
         for name in ("rounds", "unlabelled_per_batch"):
@@ -239,6 +242,18 @@ def consistency_loss(
     if bool((weights < 0).any()):
         raise ValueError("mask weights must be non-negative")
     return (per_voxel * weights).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def masked_pseudo_labels(probabilities: np.ndarray, options: SemiSupervisedOptions) -> tuple[np.ndarray, float]:
+    """A teacher's pseudo-label map for a student, and the share of voxels kept: the argmax of ``probabilities``
+    ((n_classes, z, y, x), :func:`pseudo_labels` with ``mask`` weighting at ``options.confidence_threshold``),
+    :data:`IGNORE_LABEL` where the teacher's confidence falls below the threshold. ``uint8``; fewer than 255
+    classes."""
+    if probabilities.shape[0] >= IGNORE_LABEL:
+        raise ValueError(f"{probabilities.shape[0]} classes: pseudo-labels keep {IGNORE_LABEL} for masked voxels")
+    labels, weights = pseudo_labels(probabilities, replace(options, weighting="mask"))
+    labels = np.where(weights > 0, labels, IGNORE_LABEL).astype(np.uint8)
+    return labels, float(np.mean(weights > 0)) if weights.size else 0.0
 
 
 class StudentCase(NamedTuple):

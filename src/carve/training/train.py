@@ -33,6 +33,7 @@ from carve.training.augment import AugmentConfig, augment_batch, spatial_margin
 from carve.training.network import NetworkConfig, UNet3D, atomic_torch_save, load_payload, save_model
 from carve.training.precision import autocast, memory_format
 from carve.training.sampling import PatchSampler
+from carve.training.semi_supervised import IGNORE_LABEL
 from carve.training.validation import dice_per_label, predict_volume  # noqa: F401 (re-exported: benchmarks, tests)
 from carve.training.validation import validate_cases as _validate
 from carve.training.validation import write_curves as _write_curves  # looked up at call time: tests patch it here
@@ -156,14 +157,42 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + 1 - dice.mean()
 
 
+def masked_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`dice_ce_loss` over the valid voxels only: ``target`` (B, C, ...) is the one-hot (or pooled) target
+    times ``weight`` (B, 1, ..., the share of valid voxels, in [0, 1]); the cross-entropy is averaged over the
+    weights, the soft Dice takes the probabilities times the weights. All weights 1: the plain loss's value."""
+    logits = logits.float()
+    log_p = torch.log_softmax(logits, 1)
+    ce = -(target * log_p).sum() / weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    probs = torch.softmax(logits, 1)[:, 1:] * weight
+    dims = (0, *range(2, logits.ndim))
+    inter = (probs * target[:, 1:]).sum(dims)
+    denom = probs.sum(dims) + target[:, 1:].sum(dims)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    return ce + 1 - dice.mean()
+
+
 def deep_supervision_loss(
     outputs: list[torch.Tensor], labels: torch.Tensor, n_classes: int, strides, annotated: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Weights halving per scale (the coarsest output gets none, as in nnU-Net), targets = pooled one-hot.
 
     With ``annotated`` (B, K) bool (several datasets) each sample's loss is marginal over the classes its
-    dataset does not annotate (:func:`carve.training.multidomain.marginal_dice_ce`)."""
+    dataset does not annotate (:func:`carve.training.multidomain.marginal_dice_ce`).
+
+    Voxels labelled :data:`carve.training.semi_supervised.IGNORE_LABEL` (a pseudo-label the teacher was not sure of)
+    add nothing: where a batch holds any, each scale's loss is :func:`masked_dice_ce_loss` over the share of
+    valid voxels (pooled with the targets); a batch without any takes the plain loss, to the byte."""
+    ignore = labels == IGNORE_LABEL
+    valid = None
+    if bool(ignore.any()):
+        if annotated is not None:
+            raise ValueError("pseudo-labels with masked voxels cannot be combined with several datasets")
+        valid = (~ignore).float()[:, None]
+        labels = torch.where(ignore, torch.zeros_like(labels), labels)
     onehot = F.one_hot(labels, n_classes).permute(0, 4, 1, 2, 3).float()
+    if valid is not None:
+        onehot = onehot * valid
     weights = np.array([0.5**i for i in range(len(outputs))])
     if len(outputs) > 1:
         weights[-1] = 0
@@ -175,7 +204,10 @@ def deep_supervision_loss(
         if w == 0:
             continue
         target = onehot if i == 0 else F.avg_pool3d(onehot, tuple(int(p) for p in pool))
-        if annotated is None:
+        if valid is not None:
+            weight = valid if i == 0 else F.avg_pool3d(valid, tuple(int(p) for p in pool))
+            total = total + float(w) * masked_dice_ce_loss(out, target, weight)
+        elif annotated is None:
             total = total + float(w) * dice_ce_loss(out, target)
         else:
             from carve.training.multidomain import marginal_dice_ce
@@ -342,6 +374,17 @@ def mean_teacher_step(
     return float(loss.detach()), float(consistency.detach())
 
 
+def mixed_batch(
+    labelled: PatchSampler, pseudo: PatchSampler, batch_size: int, pseudo_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of ``batch_size`` patches, ``batch_size x pseudo_fraction`` of them (rounded at random, so that the
+    expectation is exact; the draw from ``pseudo``'s generator) from the pseudo-labelled cases, last."""
+    expected = batch_size * pseudo_fraction
+    n_pseudo = int(np.floor(expected + pseudo.rng.random())) if expected % 1 else int(expected)
+    parts = [s.sample(n) for s, n in ((labelled, batch_size - n_pseudo), (pseudo, n_pseudo)) if n > 0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _domain_regularisers(config, domains, contrast, logits, *, masks, sampler, device) -> torch.Tensor:
     """The optional multi-dataset terms: contrastive (by dataset) and non-adjacency prior."""
     from carve.training.multidomain import adjacency_penalty
@@ -367,6 +410,7 @@ def train_fold(
     domains: DomainSetup | None = None,
     unlabelled: Sequence[np.ndarray] = (),
     semi: SemiSupervisedOptions | None = None,
+    pseudo_cases: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> Path:
     """Train one fold (see module docstring); returns the path of ``model.pt``. ``domains``: the datasets of
     the cases when one network learns several (balanced sampling, marginal loss, optional regularisers).
@@ -374,7 +418,10 @@ def train_fold(
     With ``semi`` of method ``mean_teacher`` every step also reads ``semi.unlabelled_per_batch`` patches of the
     ``unlabelled`` images ((C, z, y, x) each; :func:`mean_teacher_step`); the teacher (the network's exponential
     moving average) is then the model validated and saved, and ``model.pt`` records both its and the network's
-    final validation Dice (``semi_supervised``)."""
+    final validation Dice (``semi_supervised``). With method ``self_training`` (a student) ``pseudo_cases`` are
+    (image, pseudo-label) pairs whose masked voxels hold :data:`carve.training.semi_supervised.IGNORE_LABEL`; a share
+    ``semi.pseudo_fraction`` of every batch is drawn from them (the batch size stays the plan's, so an iteration
+    costs what a supervised one does)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -389,8 +436,15 @@ def train_fold(
         if lab.max(initial=0) >= n_classes:
             raise ValueError(f"case {i}: label value {int(lab.max())} >= n_classes {n_classes}")
     mean_teacher = semi is not None and semi.method == "mean_teacher"
-    if semi is not None and semi.enabled and not mean_teacher:
-        raise ValueError(f"train_fold trains method none or mean_teacher, not {semi.method}")
+    self_training = semi is not None and semi.method == "self_training"
+    if self_training and not pseudo_cases:
+        raise ValueError("semi_supervised.method self_training: a student needs pseudo-labelled images")
+    for i, (img, lab) in enumerate(pseudo_cases if self_training else ()):
+        if img.ndim != 4 or img.shape[0] != net_cfg.in_channels or lab.shape != img.shape[1:]:
+            raise ValueError(f"pseudo-labelled image {i}: image {img.shape} / pseudo-label {lab.shape} do not fit")
+        values = np.unique(lab)
+        if ((values >= n_classes) & (values != IGNORE_LABEL)).any():
+            raise ValueError(f"pseudo-labelled image {i}: label values {values.tolist()} beyond {n_classes} classes")
     if mean_teacher and not unlabelled:
         raise ValueError("semi_supervised.method mean_teacher needs unlabelled images")
     for i, img in enumerate(unlabelled if mean_teacher else ()):
@@ -443,7 +497,18 @@ def train_fold(
             semi.consistency_weight,
             semi.rampup_fraction,
         )
-    semi_json = json.dumps(asdict(semi) if mean_teacher else None, sort_keys=True)
+    pseudo_sampler = None
+    if self_training:
+        pseudo_sampler = PatchSampler(
+            pseudo_cases, crop_size, n_classes, config.foreground_fraction, np.random.default_rng([config.seed, 4])
+        )
+        log.info(
+            "self-training student: %d labelled, %d pseudo-labelled image(s); %.0f %% of each batch pseudo-labelled",
+            len(train_cases),
+            len(pseudo_cases),
+            100 * semi.pseudo_fraction,
+        )
+    semi_json = json.dumps(asdict(semi) if mean_teacher or self_training else None, sort_keys=True)
     total_iters = total_iterations(config)
     budget_s = config.time_budget_min * 60 if config.time_budget_min and config.iterations is None else None
     iteration, epoch, elapsed_prev, val_seconds, rows = 0, 0, 0.0, 0.0, []
@@ -466,6 +531,8 @@ def train_fold(
             if teacher is not None:
                 teacher.load_state_dict(ckpt["teacher"])
                 u_sampler.set_state(json.loads(ckpt["unlabelled_rng"]))
+            if pseudo_sampler is not None:
+                pseudo_sampler.set_state(json.loads(ckpt["pseudo_rng"]))
             log.info("resumed from %s at iteration %d (%.0f s)", ckpt_path, iteration, elapsed_prev)
     t0 = time.monotonic() - elapsed_prev
 
@@ -491,6 +558,7 @@ def train_fold(
                 "semi_supervised": semi_json,
                 "teacher": teacher.state_dict() if teacher is not None else {},
                 "unlabelled_rng": json.dumps(u_sampler.state()) if u_sampler is not None else "null",
+                "pseudo_rng": json.dumps(pseudo_sampler.state()) if pseudo_sampler is not None else "null",
             },
             ckpt_path,
         )
@@ -509,7 +577,10 @@ def train_fold(
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             lr = config.learning_rate * factor
-            images, labels = sampler.sample(config.batch_size)
+            if pseudo_sampler is not None:
+                images, labels = mixed_batch(sampler, pseudo_sampler, config.batch_size, semi.pseudo_fraction)
+            else:
+                images, labels = sampler.sample(config.batch_size)
             masks, regulariser = None, None
             if domains is not None:
                 masks = domains.masks(sampler.last_datasets)
@@ -596,6 +667,8 @@ def train_fold(
             " ".join(f"{d:.3f}" for d in extra["val_dice"]),
             " ".join(f"{d:.3f}" for d in student),
         )
+    if self_training:
+        extra["semi_supervised"] = {**asdict(semi), "pseudo_labelled_images": len(pseudo_cases), "saved": "network"}
     model_path = out_dir / "model.pt"
     save_model(model_path, evaluated, net_cfg, extra)
     return model_path
