@@ -61,6 +61,21 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
+def _crash_after_first_epoch(monkeypatch):
+    """Make train_fold stop as if killed once its first epoch's curves (and checkpoint) are written; returns the
+    real writer, to put back before the rerun."""
+    real, calls = train_mod._write_curves, {"n": 0}
+
+    def crash(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(train_mod, "_write_curves", crash)
+    return real
+
+
 def _weights(path) -> dict[str, torch.Tensor]:
     return load_model(path)[0].state_dict()
 
@@ -94,16 +109,7 @@ def test_same_seed_same_weights_and_other_seed_differs(tmp_path) -> None:
 def test_killed_run_resumes_from_checkpoint_exactly(tmp_path, monkeypatch) -> None:
     config = _config(epochs=3)
     reference = _weights(train_fold(TRAIN, VAL, config, tmp_path / "ref"))
-    calls = {"n": 0}
-    real = train_mod._write_curves
-
-    def crash_after_first_epoch(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    real = _crash_after_first_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_fold(TRAIN, VAL, config, tmp_path / "run")
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -268,15 +274,7 @@ def test_mean_teacher_fold_saves_the_teacher_with_both_dice_and_resumes_exactly(
     plain = _weights(train_fold(TRAIN, VAL, config, tmp_path / "plain"))
     assert not all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
     # killed after its first epoch's checkpoint, then resumed: the uninterrupted weights
-    real, calls = train_mod._write_curves, {"n": 0}
-
-    def crash_after_first_epoch(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    real = _crash_after_first_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_fold(TRAIN, VAL, config, tmp_path / "run", unlabelled=UNLABELLED, semi=semi)
     monkeypatch.setattr(train_mod, "_write_curves", real)
@@ -328,15 +326,7 @@ def test_a_self_training_student_learns_from_pseudo_labels_and_resumes_exactly(t
     )
     plain = _weights(train_fold(TRAIN, VAL, config, tmp_path / "plain"))
     assert not all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
-    real, calls = train_mod._write_curves, {"n": 0}
-
-    def crash_after_first_epoch(*args, **kwargs):
-        real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(train_mod, "_write_curves", crash_after_first_epoch)
+    real = _crash_after_first_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_fold(TRAIN, VAL, config, tmp_path / "run", semi=semi, pseudo_cases=_pseudo_cases())
     monkeypatch.setattr(train_mod, "_write_curves", real)

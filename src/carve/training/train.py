@@ -277,14 +277,7 @@ def train_step(
     (``masks``: the classes each sample's dataset annotates; ``regulariser``: extra terms on the finest logits),
     backward pass, gradient clipping and the optimiser's step. Returns the loss, or None (no step) when it is not
     finite. The timing of a run's budget (:mod:`carve.training.budget`) runs exactly this."""
-    x, y = augment_batch(
-        torch.from_numpy(images).to(device),
-        torch.from_numpy(labels).to(device),
-        config.augment,
-        config.patch_size,
-        config.spacing_mm,
-        generator,
-    )
+    x, y = _augmented(images, labels, config, generator, device)
     x = x.contiguous(memory_format=memory_format(config.channels_last))
     with autocast(device, config.precision):
         out = model(x)
@@ -292,13 +285,32 @@ def train_step(
     loss = deep_supervision_loss(outputs, y, network.n_classes, network.strides, masks)
     if regulariser is not None:
         loss = loss + regulariser(outputs[0])
-    if not torch.isfinite(loss):
+    if not _optimiser_step(model, optimizer, loss):
         return None
+    return float(loss.detach())
+
+
+def _augmented(images: np.ndarray, labels: np.ndarray, config: TrainConfig, generator, device: str):
+    """A sampled batch on ``device``, augmented (:func:`carve.training.augment.augment_batch`)."""
+    return augment_batch(
+        torch.from_numpy(images).to(device),
+        torch.from_numpy(labels).to(device),
+        config.augment,
+        config.patch_size,
+        config.spacing_mm,
+        generator,
+    )
+
+
+def _optimiser_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """Backward pass, gradient clipping and the optimiser's step; False (no step) for a loss that is not finite."""
+    if not torch.isfinite(loss):
+        return False
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
     optimizer.step()
-    return float(loss.detach())
+    return True
 
 
 def mean_teacher_step(
@@ -327,23 +339,9 @@ def mean_teacher_step(
     consistency), or None (no step, the teacher unchanged) when the loss is not finite."""
     from carve.training.semi_supervised import consistency_loss, consistency_rampup, ema_update_
 
-    x, y = augment_batch(
-        torch.from_numpy(images).to(device),
-        torch.from_numpy(labels).to(device),
-        config.augment,
-        config.patch_size,
-        config.spacing_mm,
-        generator,
-    )
-    u_images = torch.from_numpy(unlabelled).to(device)
-    u, _ = augment_batch(
-        u_images,
-        torch.zeros((u_images.shape[0], *u_images.shape[2:]), dtype=torch.uint8, device=device),
-        config.augment,
-        config.patch_size,
-        config.spacing_mm,
-        generator,
-    )
+    x, y = _augmented(images, labels, config, generator, device)
+    no_labels = np.zeros((unlabelled.shape[0], *unlabelled.shape[2:]), dtype=np.uint8)
+    u, _ = _augmented(unlabelled, no_labels, config, generator, device)
     bound = 2.0 * semi.noise_std
 
     def noisy() -> torch.Tensor:
@@ -364,12 +362,8 @@ def mean_teacher_step(
     reference = reference[0] if isinstance(reference, list) else reference
     consistency = consistency_loss(outputs[0][n:], torch.softmax(reference.float(), 1))
     loss = supervised + semi.consistency_weight * consistency_rampup(progress, semi.rampup_fraction) * consistency
-    if not torch.isfinite(loss):
+    if not _optimiser_step(model, optimizer, loss):
         return None
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-    optimizer.step()
     ema_update_(teacher, model, min(semi.ema_decay, 1.0 - 1.0 / (step_index + 1)))
     return float(loss.detach()), float(consistency.detach())
 
