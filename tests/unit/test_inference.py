@@ -435,3 +435,45 @@ def test_without_uncertainty_the_mean_alone_is_kept() -> None:
     mean_only = run(models, image * 0.2, mirror_axes=(1,), uncertainty=False)
     assert mean_only.std is None and mean_only.mean_entropy is None and mean_only.n_members == 4
     np.testing.assert_array_equal(mean_only.mean_probabilities, full.mean_probabilities)
+
+
+@pytest.mark.parametrize("shape", [(13, 9, 7), (3, 9, 7)])  # several rows; a volume thinner than the patch (padded)
+def test_a_member_accumulator_streams_and_gives_each_members_whole_volume_statistic(shape) -> None:
+    """predict's per-member predicted Dice added slab by slab while the member streams: what the whole-volume
+    statistic gives, member by member, without the whole map; the ensemble's maps are the streamed bytes."""
+    from functools import partial
+
+    from carve.evaluation.failure import PredictedDiceSums, predicted_dice
+
+    image, _ = one_hot_image(shape, seed=11)
+    image *= 0.3
+    torch.manual_seed(3)
+    models = [PositionDependent(), nn.Conv3d(N_CLASSES, N_CLASSES, kernel_size=1)]
+    kw = {"overlap": 0.5, "mirror_axes": (0,)}
+    streamed = run(models, image, member_accumulator=partial(PredictedDiceSums, N_CLASSES), **kw)
+    whole = run(models, image, member_statistic=predicted_dice, **kw)
+    plain = run(models, image, **kw)
+    assert len(streamed.member_statistics) == 4
+    for got, expected in zip(streamed.member_statistics, whole.member_statistics, strict=True):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12), key
+    assert len({round(s["predicted_dice_foreground"], 9) for s in streamed.member_statistics}) > 1  # members differ
+    np.testing.assert_array_equal(streamed.mean_probabilities, plain.mean_probabilities)
+    np.testing.assert_array_equal(streamed.std, plain.std)
+    with pytest.raises(ValueError, match="not both"):
+        run(models, image, member_statistic=predicted_dice, member_accumulator=partial(PredictedDiceSums, 3))
+
+
+def test_predicted_dice_sums_over_parts_equal_the_whole() -> None:
+    from carve.evaluation.failure import PredictedDiceSums, predicted_dice
+
+    p = np.random.default_rng(0).dirichlet(np.ones(3), size=(5, 4, 6)).transpose(3, 0, 1, 2).astype(np.float32)
+    sums = PredictedDiceSums(3, {1: "a", 2: "b"})
+    for z in ((0, 2), (2, 3), (3, 5)):
+        sums.add(p[:, z[0] : z[1]])
+    whole = predicted_dice(p, {1: "a", 2: "b"})
+    assert sums.result() == pytest.approx(whole, rel=1e-12)
+    assert set(whole) == {"predicted_dice_a", "predicted_dice_b", "predicted_dice_foreground"}
+    with pytest.raises(ValueError, match=r"\(3, z, y, x\)"):
+        sums.add(p[:2])

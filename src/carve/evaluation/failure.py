@@ -165,30 +165,58 @@ def predicted_dice(mean_probabilities: np.ndarray, label_names: Mapping[int, str
     0. Keys ``predicted_dice_<name>`` (name from ``label_names``, else ``label_<k>``) and
     ``predicted_dice_foreground``, the mean over the labels. Higher = safer.
 
-    Sums run in float64 one class at a time; beyond the input, memory is a float32 and a label volume.
-    """
+    Sums run in float64 one class at a time; beyond the input, memory is a float32 and a label volume. The sums
+    add over voxels: :class:`PredictedDiceSums` takes a volume slab by slab."""
     p = np.asarray(mean_probabilities)
     if p.ndim != 4 or p.shape[0] < 2:
         raise ValueError(f"mean_probabilities must be (n_classes >= 2, z, y, x), got shape {p.shape}")
-    n_classes = p.shape[0]
-    names = _key_names(range(1, n_classes), label_names)
-    best = np.array(p[0], dtype=np.float32)
-    argmax = np.zeros(best.shape, dtype=np.min_scalar_type(n_classes - 1))
-    for c in range(1, n_classes):
-        higher = p[c] > best
-        argmax[higher] = c
-        best[higher] = p[c][higher]
-        del higher
-    del best
-    scores = {}
-    for k, name in zip(range(1, n_classes), names, strict=True):
-        predicted = argmax == k
-        overlap = float(p[k][predicted].sum(dtype=np.float64))
-        mass = float(p[k].sum(dtype=np.float64))
-        voxels = int(np.count_nonzero(predicted))
-        scores[f"predicted_dice_{name}"] = 2.0 * overlap / (mass + voxels) if mass + voxels > 0 else 1.0
-    scores["predicted_dice_foreground"] = float(np.mean(list(scores.values())))
-    return scores
+    sums = PredictedDiceSums(p.shape[0], label_names)
+    sums.add(p)
+    return sums.result()
+
+
+class PredictedDiceSums:
+    """:func:`predicted_dice` of a volume given slab by slab (any split into disjoint parts): per label the
+    overlap ``sum(p_k a_k)``, the mass ``sum(p_k)`` and the voxel count ``sum(a_k)``, each in float64, added
+    part by part; :meth:`result` gives what :func:`predicted_dice` gives for the whole (up to float64 summation
+    order). The streamed ensemble (:func:`carve.prediction.inference.sliding_window_probabilities`) scores each
+    member this way without holding its whole map."""
+
+    def __init__(self, n_classes: int, label_names: Mapping[int, str] | None = None) -> None:
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+        self.n_classes = int(n_classes)
+        self.names = _key_names(range(1, n_classes), label_names)
+        self.overlap = np.zeros(n_classes - 1)
+        self.mass = np.zeros(n_classes - 1)
+        self.voxels = np.zeros(n_classes - 1, dtype=np.int64)
+
+    def add(self, probabilities: np.ndarray) -> None:
+        """Add a part ``(n_classes, z, y, x)`` of the volume."""
+        p = np.asarray(probabilities)
+        if p.ndim != 4 or p.shape[0] != self.n_classes:
+            raise ValueError(f"probabilities must be ({self.n_classes}, z, y, x), got shape {p.shape}")
+        best = np.array(p[0], dtype=np.float32)
+        argmax = np.zeros(best.shape, dtype=np.min_scalar_type(self.n_classes - 1))
+        for c in range(1, self.n_classes):
+            higher = p[c] > best
+            argmax[higher] = c
+            best[higher] = p[c][higher]
+            del higher
+        del best
+        for i, k in enumerate(range(1, self.n_classes)):
+            predicted = argmax == k
+            self.overlap[i] += float(p[k][predicted].sum(dtype=np.float64))
+            self.mass[i] += float(p[k].sum(dtype=np.float64))
+            self.voxels[i] += int(np.count_nonzero(predicted))
+
+    def result(self) -> dict[str, float]:
+        scores = {}
+        for i, name in enumerate(self.names):
+            total = self.mass[i] + self.voxels[i]
+            scores[f"predicted_dice_{name}"] = 2.0 * float(self.overlap[i]) / float(total) if total > 0 else 1.0
+        scores["predicted_dice_foreground"] = float(np.mean(list(scores.values())))
+        return scores
 
 
 def member_mean_predicted_dice(per_member: Sequence[Mapping[str, float]]) -> dict[str, float]:

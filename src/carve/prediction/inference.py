@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -239,10 +239,13 @@ def _stream_member(
     stats: _Statistics,
     batch_windows: int,
     precision: str,
+    crop: tuple = (),
+    accumulator: Any = None,
 ) -> None:
     """One member, row of windows by row: ``member`` and ``weights`` hold the volume from z = ``base`` on, one
     patch deep; after each row the voxels before the next row's start are final: divided by their summed
-    weights and folded into ``stats``, and the buffers move on."""
+    weights, given to ``accumulator`` (its part inside the image's ``crop``) and folded into ``stats``, and the
+    buffers move on."""
     depth = image_t.shape[1]
     base = rows[0][0]
     member.zero_()
@@ -261,6 +264,10 @@ def _stream_member(
         final = (rows[i + 1][0] if i + 1 < len(rows) else depth) - base
         slab = member[:, :final]
         slab /= weights[:final]
+        if accumulator is not None:
+            lo, hi = max(base, crop[0].start), min(base + final, crop[0].stop)
+            if lo < hi:
+                accumulator.add(slab[:, lo - base : hi - base, crop[1], crop[2]].cpu().numpy())
         stats.fold(base, slab)
 
 
@@ -304,6 +311,7 @@ def sliding_window_probabilities(
     member_labels: bool = False,
     member_statistic: Callable[[np.ndarray], object] | None = None,
     uncertainty: bool = True,
+    member_accumulator: Callable[[], Any] | None = None,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -321,6 +329,11 @@ def sliding_window_probabilities(
     scores that need each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
     ``uncertainty=False`` keeps the mean alone (``std`` and ``mean_entropy`` are None).
+
+    ``member_accumulator`` (in place of ``member_statistic``, for a statistic that adds over voxels) makes one
+    accumulator per member, gives it that member's final probabilities part by part (``add``, slabs of the image's
+    region in any order) and returns its ``result()`` in ``member_statistics``: the members can then be streamed
+    (:class:`carve.evaluation.failure.PredictedDiceSums`).
 
     Memory beyond the image, in ``accumulate_dtype``: the running mean (``n_classes x volume``), with
     ``uncertainty`` also the running sum of squared deviations (``n_classes x volume``) and the entropy sum (one
@@ -352,6 +365,8 @@ def sliding_window_probabilities(
 
     # Without projections or a member statistic (both need a member's whole map) each member is streamed row of
     # windows by row through buffers one patch deep; otherwise the buffers hold the whole volume.
+    if member_statistic is not None and member_accumulator is not None:
+        raise ValueError("give member_statistic or member_accumulator, not both")
     streaming = not projections and member_statistic is None
     kw = {"device": device, "dtype": accumulate_dtype}
     stats = _Statistics(n_classes, volume, uncertainty, member_labels, **kw)
@@ -372,8 +387,9 @@ def sliding_window_probabilities(
             for combo in combos:
                 flip_dims = tuple(a + 2 for a in combo)
                 stats.start_member()
+                accumulator = member_accumulator() if member_accumulator is not None else None
                 if streaming:
-                    args = (rows, patch, gaussian, member, weights, stats, batch_windows, precision)
+                    args = (rows, patch, gaussian, member, weights, stats, batch_windows, precision, crop, accumulator)
                     _stream_member(model, flip_dims, image_t, *args)
                 else:
                     member.zero_()
@@ -397,7 +413,11 @@ def sliding_window_probabilities(
                         _unproject(view, member, crop)
                     if member_statistic is not None:
                         statistics.append(member_statistic(member[(slice(None), *crop)].cpu().numpy()))
+                    if accumulator is not None:
+                        accumulator.add(member[(slice(None), *crop)].cpu().numpy())
                     stats.fold(0, member)
+                if accumulator is not None:
+                    statistics.append(accumulator.result())
                 if member_labels:
                     labels_of_members.append(stats.member_labels(crop))
         del image_t

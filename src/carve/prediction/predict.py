@@ -141,7 +141,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
     :func:`forward_precision` gives."""
     import torch
 
-    from carve.evaluation.failure import predicted_dice
+    from carve.evaluation.failure import PredictedDiceSums
     from carve.prediction.inference import sliding_window_probabilities
     from carve.prediction.projection import radial_projections
 
@@ -161,7 +161,8 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         precision=precision,
         projections=radial_projections(options.projections, options.projection_gamma),
         member_labels=True,
-        member_statistic=partial(predicted_dice, label_names=plan_label_names(plans)),  # member_predicted_dice_*
+        # member_predicted_dice_*: added slab by slab, so that the members stream (no projections)
+        member_accumulator=partial(PredictedDiceSums, int(plans["n_classes"]), plan_label_names(plans)),
     )
 
 
