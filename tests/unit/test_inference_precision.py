@@ -17,6 +17,7 @@ from carve.prediction.inference_precision import (
     DECISION_FORMAT,
     choose_inference_precision,
     decide_inference_precision,
+    load_inference_channels_last,
     load_inference_precision,
     time_window_batches,
 )
@@ -42,28 +43,34 @@ def test_auto_keeps_bf16_only_when_it_is_clearly_faster(caplog) -> None:
     model = UNet3D(NET)
     with caplog.at_level(logging.INFO, logger="carve.prediction.inference_precision"):
         fast = decide_inference_precision(
-            "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.12, asked), available=lambda d: True
-        )
-    assert asked == ["fp32", "bf16"]
+            "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.12, asked),
+            measure_channels_last=_stub(0.30, 0.11, asked), available=lambda d: True,
+        )  # fmt: skip
+    assert asked == ["fp32", "bf16", "bf16"]  # the chosen precision timed once more, in channels-last
     assert fast == {
         "format": DECISION_FORMAT,
         "requested": "auto",
         "precision": "bf16",
         "precision_from": "auto: timed, bf16 kept at a speed-up of at least 1.2",
+        "channels_last": False,  # 1.09x: below the 1.1 kept
         "device": "cpu",
         "patch_size": [8, 16, 12],
         "batch_windows": 2,
     }
     assert "2 window(s) of 8x16x12 in 0.3000 s fp32, 0.1200 s bf16 (medians; x2.50) -> bf16" in caplog.text
+    assert "0.1200 s contiguous, 0.1100 s channels-last in bf16 (medians; x1.09) -> contiguous" in caplog.text
     slow = decide_inference_precision(
-        "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.27, []), available=lambda d: True
-    )
+        "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.30, 0.27, []),
+        measure_channels_last=_stub(0.20, 0.27, []), available=lambda d: True,
+    )  # fmt: skip
     assert slow["precision"] == "fp32"  # 1.11x: not worth the rounding
+    assert slow["channels_last"] is True  # fp32 chosen, and channels-last 1.5x faster in it
     asked.clear()
     none = decide_inference_precision(
         "auto", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.3, 0.1, asked), available=lambda d: False
     )
     assert asked == [] and none["precision"] == "fp32" and none["precision_from"] == "auto: cpu has no native bf16"
+    assert none["channels_last"] is False  # nothing timed: torch's layout
     fixed = decide_inference_precision(
         "fp32", model, PATCH, 2, "cpu", in_channels=1, measure=_stub(0.3, 0.1, asked), available=lambda d: True
     )
@@ -72,6 +79,20 @@ def test_auto_keeps_bf16_only_when_it_is_clearly_faster(caplog) -> None:
         decide_inference_precision("half", model, PATCH, 2, "cpu", in_channels=1)
     with pytest.raises(InputError, match="no native bf16"):
         decide_inference_precision("bf16", model, PATCH, 2, "cpu", in_channels=1, available=lambda d: False)
+
+
+def test_channels_last_windows_give_the_contiguous_ensemble() -> None:
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).standard_normal((1, 10, 20, 14)).astype(np.float32)
+    kw = {"n_classes": 3, "overlap": 0.5, "mirror_axes": (2,)}
+    plain = sliding_window_probabilities([UNet3D(NET)], image, PATCH, **kw)
+    torch.manual_seed(0)
+    last = sliding_window_probabilities([UNet3D(NET)], image, PATCH, channels_last=True, **kw)
+    np.testing.assert_allclose(last.mean_probabilities, plain.mean_probabilities, atol=1e-5)
+    np.testing.assert_allclose(last.std, plain.std, atol=1e-5)
+    seconds = time_window_batches(UNet3D(NET), PATCH, 2, "cpu", "fp32", in_channels=1, batches=1, warmup=0,
+                                  channels_last=True)  # fmt: skip
+    assert len(seconds) == 1 and seconds[0] > 0
 
 
 def test_window_batches_are_timed_after_the_warm_up() -> None:
@@ -98,7 +119,10 @@ def test_the_decision_file_is_what_every_job_reads(tmp_path, caplog) -> None:
         tmp_path / "plans.json", [tmp_path / "fold_0.pt"], out, {"precision": "fp32", "batch_windows": 2}, "cpu"
     )
     assert out.read_bytes() == first  # no timings, no time stamps: the same decision gives the same bytes
-    assert load_inference_precision(out, "cpu") == "fp32"
+    assert load_inference_precision(out, "cpu") == "fp32" and load_inference_channels_last(out) is False
+    out.write_text(json.dumps({**decision, "channels_last": "yes"}))
+    with pytest.raises(InputError, match="channels_last 'yes' is not true or false"):
+        load_inference_channels_last(out)
 
     out.write_text(json.dumps({**decision, "precision": "bf16"}))
     assert load_inference_precision(out, "cpu", available=lambda d: True) == "bf16"

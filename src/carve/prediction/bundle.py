@@ -49,7 +49,7 @@ def _precision_record(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     record = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {k: record.get(k) for k in ("precision", "precision_from", "device")}
+    return {k: record.get(k) for k in ("precision", "precision_from", "channels_last", "device")}
 
 
 def write_bundle(

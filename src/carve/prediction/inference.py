@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from carve.training.precision import autocast, resolved
+from carve.training.precision import autocast, memory_format, resolved
 
 Shape3 = tuple[int, int, int]
 
@@ -156,6 +156,7 @@ def _predict_windows(
     z_base: int,
     batch_windows: int,
     precision: str,
+    fmt: torch.memory_format = torch.contiguous_format,
 ) -> None:
     """Add one member's Gaussian-weighted softmax over the windows at ``starts`` to ``out`` (n_classes, z, y, x)
     and the Gaussian to ``weights`` (z, y, x), both covering the volume from z = ``z_base`` on."""
@@ -167,6 +168,7 @@ def _predict_windows(
         batch = torch.stack([image_t[(slice(None), *sl)] for sl in slicers])
         if flip_dims:
             batch = torch.flip(batch, flip_dims)
+        batch = batch.contiguous(memory_format=fmt)
         with autocast(image_t.device.type, precision):
             logits = model(batch)
         if isinstance(logits, list | tuple):  # deep supervision: full resolution first
@@ -239,6 +241,7 @@ def _stream_member(
     stats: _Statistics,
     batch_windows: int,
     precision: str,
+    fmt: torch.memory_format = torch.contiguous_format,
     crop: tuple = (),
     accumulator: Any = None,
 ) -> None:
@@ -259,7 +262,7 @@ def _stream_member(
             weights[keep:] = 0
             base = z
         _predict_windows(
-            model, flip_dims, image_t, row, patch, gaussian, member, weights, base, batch_windows, precision
+            model, flip_dims, image_t, row, patch, gaussian, member, weights, base, batch_windows, precision, fmt
         )
         final = (rows[i + 1][0] if i + 1 < len(rows) else depth) - base
         slab = member[:, :final]
@@ -312,6 +315,7 @@ def sliding_window_probabilities(
     member_statistic: Callable[[np.ndarray], object] | None = None,
     uncertainty: bool = True,
     member_accumulator: Callable[[], Any] | None = None,
+    channels_last: bool = False,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -329,6 +333,9 @@ def sliding_window_probabilities(
     scores that need each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
     ``uncertainty=False`` keeps the mean alone (``std`` and ``mean_entropy`` are None).
+
+    ``channels_last``: models and window batches in the ``torch.channels_last_3d`` memory format (the same
+    arithmetic, another layout; rule ``choose_inference_precision`` decides where it is faster).
 
     ``member_accumulator`` (in place of ``member_statistic``, for a statistic that adds over voxels) makes one
     accumulator per member, gives it that member's final probabilities part by part (``add``, slabs of the image's
@@ -375,7 +382,8 @@ def sliding_window_probabilities(
     member = torch.empty((n_classes, depth, *volume[1:]), **kw)
     weights = torch.empty((depth, *volume[1:]), **kw)
 
-    models = [model.to(device).eval() for model in models]
+    fmt = memory_format(channels_last)
+    models = [model.to(device, memory_format=fmt).eval() for model in models]
     labels_of_members: list[np.ndarray] = []
     statistics: list[object] = []
     crop: tuple = ()
@@ -389,7 +397,19 @@ def sliding_window_probabilities(
                 stats.start_member()
                 accumulator = member_accumulator() if member_accumulator is not None else None
                 if streaming:
-                    args = (rows, patch, gaussian, member, weights, stats, batch_windows, precision, crop, accumulator)
+                    args = (
+                        rows,
+                        patch,
+                        gaussian,
+                        member,
+                        weights,
+                        stats,
+                        batch_windows,
+                        precision,
+                        fmt,
+                        crop,
+                        accumulator,
+                    )
                     _stream_member(model, flip_dims, image_t, *args)
                 else:
                     member.zero_()
@@ -407,6 +427,7 @@ def sliding_window_probabilities(
                             0,
                             batch_windows,
                             precision,
+                            fmt,
                         )
                     member /= weights
                     if view is not None:

@@ -10,7 +10,9 @@ planned patch, in fp32 and in bf16, and keeps bf16 only at a speed-up of at leas
 without native bf16, fp32 without timing. Inference is timed on its own because its speed-up differs from a
 training step's (no backward pass; on one Intel Xeon with AMX: 2.7x against 2.2x).
 
-The decision goes to ``inference_precision.json`` (precision, why, device, patch and batch; the timings to the
+Where ``auto`` times, the chosen precision is also timed in the channels-last memory format, kept where it is
+clearly faster (as in training). The decision goes to ``inference_precision.json`` (precision, why, memory
+format, device, patch and batch; the timings to the
 rule's log only, so the same decision writes the same bytes); every predicting rule reads it, so all cases of a
 run are predicted alike and a rerun does not time again. A job that lands on a device without bf16 (another
 node of a cluster) predicts in fp32 and says so in its log (:func:`load_inference_precision`).
@@ -47,17 +49,20 @@ def time_window_batches(
     warmup: int = WARMUP_BATCHES,
     seed: int = 0,
     timer: Callable[[], float] = time.perf_counter,
+    channels_last: bool = False,
 ) -> list[float]:
     """Seconds of each of ``batches`` forward passes (after ``warmup`` untimed ones) of ``model`` over
     ``batch_windows`` random windows of ``in_channels`` x ``patch_size``, under inference mode in ``precision``,
-    with the float32 softmax prediction takes."""
+    with the float32 softmax prediction takes; with ``channels_last`` model and windows in the
+    ``torch.channels_last_3d`` memory format (the model is left in that format)."""
     import torch
 
-    from carve.training.precision import autocast, timed_calls
+    from carve.training.precision import autocast, memory_format, timed_calls
 
     generator = torch.Generator().manual_seed(seed)
     batch = torch.randn((batch_windows, int(in_channels), *map(int, patch_size)), generator=generator).to(device)
-    model = model.to(device).eval()
+    batch = batch.contiguous(memory_format=memory_format(channels_last))
+    model = model.to(device, memory_format=memory_format(channels_last)).eval()
 
     def forward() -> None:
         with autocast(device, precision):
@@ -79,16 +84,33 @@ def decide_inference_precision(
     *,
     in_channels: int,
     measure: Callable[[str], Sequence[float]] | None = None,
+    measure_channels_last: Callable[[str], Sequence[float]] | None = None,
     available: Callable[[str], bool] = bf16_available,
     log: logging.Logger = LOG,
 ) -> dict[str, Any]:
     """The decision record: ``requested`` (the config's ``predict.precision``) resolved on ``device`` by timing
-    ``model`` on windows of ``in_channels`` x ``patch_size`` (``measure(precision)`` replaces the timing in tests)."""
+    ``model`` on windows of ``in_channels`` x ``patch_size`` (``measure(precision)`` and
+    ``measure_channels_last(precision)`` replace the timings in tests). Where ``auto`` times (a device with bf16),
+    the chosen precision is timed in the channels-last memory format too, kept at
+    :data:`carve.training.precision.CHANNELS_LAST_MIN_SPEEDUP` or more (``channels_last``); otherwise torch's
+    contiguous layout."""
+    from carve.training.precision import choose_channels_last
+
     if requested not in PRECISIONS:
         raise InputError(f"predict.precision: '{requested}' is not one of {', '.join(PRECISIONS)}")
-    timer = measure or (
-        lambda p: time_window_batches(model, patch_size, batch_windows, device, p, in_channels=in_channels)
-    )
+
+    def timing(channels_last: bool) -> Callable[[str], Sequence[float]]:
+        return lambda p: time_window_batches(
+            model, patch_size, batch_windows, device, p, in_channels=in_channels, channels_last=channels_last
+        )
+
+    timed: dict[str, Sequence[float]] = {}
+    contiguous = measure or timing(False)
+
+    def timer(precision: str) -> Sequence[float]:
+        timed[precision] = contiguous(precision)
+        return timed[precision]
+
     decision = resolve_precision(requested, device, timer, available=available)
     if "bf16_speedup" in decision:
         log.info(
@@ -102,11 +124,25 @@ def decide_inference_precision(
         )
     else:
         log.info("predict.precision %s: %s (%s)", requested, decision["precision"], decision["precision_from"])
+    channels_last = False
+    if requested == "auto" and decision["precision"] in timed:
+        chosen = decision["precision"]
+        layout = choose_channels_last(timed[chosen], (measure_channels_last or timing(True))(chosen))
+        channels_last = layout["channels_last"]
+        log.info(
+            "memory format auto: %.4f s contiguous, %.4f s channels-last in %s (medians; x%.2f) -> %s",
+            layout["seconds"]["contiguous"],
+            layout["seconds"]["channels_last"],
+            chosen,
+            layout["channels_last_speedup"],
+            "channels-last" if channels_last else "contiguous",
+        )
     return {
         "format": DECISION_FORMAT,
         "requested": requested,
         "precision": decision["precision"],
         "precision_from": decision["precision_from"],
+        "channels_last": channels_last,
         "device": "cuda" if str(device).startswith("cuda") else "cpu",
         "patch_size": [int(p) for p in patch_size],
         "batch_windows": int(batch_windows),
@@ -166,3 +202,16 @@ def load_inference_precision(
         log.warning("%s decided bf16, but %s has no native bf16: predicting in fp32", path, device)
         return "fp32"
     return precision
+
+
+def load_inference_channels_last(path: Path) -> bool:
+    """Whether ``inference_precision.json`` chose the channels-last memory format (False in records written before
+    it was timed)."""
+    try:
+        record: Mapping[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read the inference precision ({error})") from error
+    value = record.get("channels_last", False) if isinstance(record, Mapping) else False
+    if not isinstance(value, bool):
+        raise InputError(f"{path}: channels_last {value!r} is not true or false")
+    return value

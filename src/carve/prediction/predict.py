@@ -61,6 +61,7 @@ class PredictOptions:
     projection_gamma: float = 1.25  # strength base of the projections
     half_precision: bool = False  # float16 accumulators and plan-grid results (half the memory)
     precision: str = "auto"  # the forward pass: auto | fp32 | bf16 (carve.prediction.inference_precision)
+    channels_last: bool = False  # model and windows in channels_last_3d (the run's decision; not a config key)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> PredictOptions:
@@ -161,6 +162,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         precision=precision,
         projections=radial_projections(options.projections, options.projection_gamma),
         member_labels=True,
+        channels_last=options.channels_last,
         # member_predicted_dice_*: added slab by slab, so that the members stream (no projections)
         member_accumulator=partial(PredictedDiceSums, int(plans["n_classes"]), plan_label_names(plans)),
     )

@@ -265,7 +265,7 @@ def predict_with_models(
     ``members_path`` (a ``members.json``, :mod:`carve.prediction.members`) the mirrorings and projections are
     used only where that decision kept them; with ``precision_path`` (an ``inference_precision.json``,
     :mod:`carve.prediction.inference_precision`) the forward passes run in the run's decided precision."""
-    from carve.prediction.inference_precision import load_inference_precision
+    from carve.prediction.inference_precision import load_inference_channels_last, load_inference_precision
     from carve.prediction.members import load_member_decision, options_after
     from carve.prediction.postprocess import load_postprocessing
 
@@ -278,7 +278,8 @@ def predict_with_models(
     if members_path is not None:
         options = options_after(options, load_member_decision(members_path))
     if precision_path is not None:
-        options = replace(options, precision=load_inference_precision(precision_path, select_device(device)))
+        precision = load_inference_precision(precision_path, select_device(device))
+        options = replace(options, precision=precision, channels_last=load_inference_channels_last(precision_path))
     return predict_case(
         case,
         image_path,
