@@ -126,7 +126,8 @@ def test_self_training_teaches_each_student_fold_with_its_own_teacher_fold(tmp_p
     extra = tmp_path / "self.yaml"
     demo = {**SEMI["demo"], "n_test": 1}
     extra.write_text(yaml.safe_dump({"demo": demo, "semi_supervised": {"method": "self_training", "rounds": 2,
-                                                                       "confidence_threshold": 0.5}}))  # fmt: skip
+                                                                       "confidence_threshold": 0.5,
+                                                                       "student_init": "teacher"}}))  # fmt: skip
     out = run_snakemake(tmp_path, "--cores", "2", configs=(E2E_CONFIG, extra))
     assert out.returncode == 0, out.stderr[-5000:]
     jobs = job_stats(out.stdout + out.stderr)
@@ -146,6 +147,8 @@ def test_self_training_teaches_each_student_fold_with_its_own_teacher_fold(tmp_p
         semi = final["semi_supervised"]
         assert semi["method"] == "self_training" and semi["teacher"]["fold"] == fold
         assert semi["teacher"]["round"] == 1 and semi["pseudo_labelled_images"] == 2
+        assert final["train"]["pretrained"].endswith(f"models/round_1/fold_{fold}/model.pt")  # its own teacher
+        assert final["train"]["pretrained_lr_scale"] == 1.0
     table = pd.read_csv(results / "report" / "training.tsv", sep="\t")
     assert table["stage"].tolist() == ["teacher round 0"] * 2 + ["teacher round 1"] * 2 + ["final"] * 2
     assert table["method"].tolist() == ["supervised"] * 2 + ["self_training"] * 4

@@ -375,3 +375,10 @@ def test_the_noisy_students_augmentation_doubles_each_probability_but_mirroring(
     strong = stronger(base)
     assert strong.p_rotation == pytest.approx(0.4) and strong.p_gamma == 1.0 and strong.p_mirror == 0.5
     assert strong.mirror_axes == (2,) and strong.rotation_deg == base.rotation_deg
+
+
+def test_a_student_starts_from_scratch_or_its_teacher_and_nothing_else() -> None:
+    assert SemiSupervisedOptions().student_init == "scratch"
+    assert SemiSupervisedOptions.from_config({"student_init": "teacher"}).student_init == "teacher"
+    with pytest.raises(InputError, match=r"semi_supervised.student_init: 'ema' is not one of scratch, teacher"):
+        SemiSupervisedOptions.from_config({"student_init": "ema"})

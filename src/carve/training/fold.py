@@ -155,6 +155,10 @@ def train_one_fold(
     elif semi.method == "self_training":
         pseudo_cases, teacher = _student_cases(fold, names, unlabelled_paths, pseudo_label_dirs)
         config = replace(config, augment=stronger(config.augment))
+        if semi.student_init == "teacher":
+            if not Path(teacher["model"]).is_file():
+                raise InputError(f"{pseudo_label_dirs[0]}: the teacher's model {teacher['model']} is gone")
+            config = replace(config, pretrained=str(teacher["model"]), pretrained_lr_scale=1.0)
         log.info("fold %d: a student of teacher fold %d round %d", fold, teacher["fold"], teacher["round"])
     model = train_fold(
         train_cases,

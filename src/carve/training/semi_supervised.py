@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 METHODS = ("none", "self_training", "mean_teacher")
 WEIGHTINGS = ("mask", "confidence")
+STUDENT_INITS = ("scratch", "teacher")
 SUM_TOLERANCE = 1e-3  # a voxel's class probabilities must sum to 1 within this
 IGNORE_LABEL = 255  # a pseudo-label's masked voxel: no loss (carve.training.train.deep_supervision_loss)
 LABELLED = "labelled"  # the source of a case read with its own labels (student_training_inputs)
@@ -55,6 +56,7 @@ class SemiSupervisedOptions:
     weighting: str = "mask"  # mask | confidence (max-probability rescaled: 1/n_classes -> 0, 1 -> 1)
     rounds: int = 1  # teacher -> student rounds; each round's student teaches the next
     pseudo_fraction: float = 0.5  # share of each batch's patches drawn from the pseudo-labelled images
+    student_init: str = "scratch"  # scratch (noisy student) | teacher (the student starts from its teacher's weights)
     # mean teacher
     ema_decay: float = 0.99  # teacher <- decay * teacher + (1 - decay) * student, after every step
     consistency_weight: float = 1.0  # weight of the consistency term once ramped up
@@ -65,6 +67,7 @@ class SemiSupervisedOptions:
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("student_init", self.student_init, STUDENT_INITS)
         for name, low, high, high_open in (
             ("confidence_threshold", 0.0, 1.0, False),
             ("ema_decay", 0.0, 1.0, True),  # 1 would never move the teacher from its random start
