@@ -94,7 +94,7 @@ def decide_inference_precision(
     the chosen precision is timed in the channels-last memory format too, kept at
     :data:`carve.training.precision.CHANNELS_LAST_MIN_SPEEDUP` or more (``channels_last``); otherwise torch's
     contiguous layout."""
-    from carve.training.precision import choose_channels_last
+    from carve.training.precision import choose_channels_last, describe_layout
 
     if requested not in PRECISIONS:
         raise InputError(f"predict.precision: '{requested}' is not one of {', '.join(PRECISIONS)}")
@@ -129,14 +129,7 @@ def decide_inference_precision(
         chosen = decision["precision"]
         layout = choose_channels_last(timed[chosen], (measure_channels_last or timing(True))(chosen))
         channels_last = layout["channels_last"]
-        log.info(
-            "memory format auto: %.4f s contiguous, %.4f s channels-last in %s (medians; x%.2f) -> %s",
-            layout["seconds"]["contiguous"],
-            layout["seconds"]["channels_last"],
-            chosen,
-            layout["channels_last_speedup"],
-            "channels-last" if channels_last else "contiguous",
-        )
+        log.info("memory format auto: %s", describe_layout(layout, chosen))
     return {
         "format": DECISION_FORMAT,
         "requested": requested,

@@ -153,7 +153,13 @@ def training_budget(
     block; a method that trains in one job (``mean_teacher``) is timed with its own step, passed to ``measure`` as
     ``semi``, and named in the entry, so that a time budget means the same minutes whatever the method."""
     from carve.training.fold import train_config_from
-    from carve.training.precision import DEFAULT_PRECISION, bf16_available, choose_channels_last, resolve_precision
+    from carve.training.precision import (
+        DEFAULT_PRECISION,
+        bf16_available,
+        choose_channels_last,
+        describe_layout,
+        resolve_precision,
+    )
     from carve.training.semi_supervised import SemiSupervisedOptions
 
     kind, value = requested_budget(train)
@@ -186,14 +192,7 @@ def training_budget(
     if requested == "auto" and (timings or kind == "time_budget_min"):  # where it times anyway: the layout too
         layout = choose_channels_last(timed(precision), timed(precision, True))
         channels_last = layout["channels_last"]
-        log.info(
-            "memory format auto: training step %.4f s contiguous, %.4f s channels-last in %s (medians; x%.2f) -> %s",
-            layout["seconds"]["contiguous"],
-            layout["seconds"]["channels_last"],
-            precision,
-            layout["channels_last_speedup"],
-            "channels-last" if channels_last else "contiguous",
-        )
+        log.info("memory format auto: training step %s", describe_layout(layout, precision))
     runtime = {
         **({"semi_supervised": semi.method, "unlabelled_per_batch": semi.unlabelled_per_batch} if semi.enabled else {}),
         "device": device,

@@ -77,6 +77,15 @@ def choose_channels_last(
     }
 
 
+def describe_layout(layout: dict, precision: str) -> str:
+    """A :func:`choose_channels_last` decision as the logs give it: both medians, the speed-up and the choice."""
+    seconds, choice = layout["seconds"], "channels-last" if layout["channels_last"] else "contiguous"
+    return (
+        f"{seconds['contiguous']:.4f} s contiguous, {seconds['channels_last']:.4f} s channels-last in {precision} "
+        f"(medians; x{layout['channels_last_speedup']:.2f}) -> {choice}"
+    )
+
+
 def timed_calls(
     call: Callable[[], object], device: str, count: int, warmup: int, timer: Callable[[], float]
 ) -> list[float]:
