@@ -59,7 +59,7 @@ def pseudo_label_images(
     from carve.prediction.predict import prediction_mirror_axes, select_device
     from carve.training.budget import planned_precision
     from carve.training.network import load_model
-    from carve.training.precision import bf16_available
+    from carve.training.precision import runnable_precision
     from carve.training.semi_supervised import IGNORE_LABEL, SemiSupervisedOptions, masked_pseudo_labels
 
     options = SemiSupervisedOptions.from_config(semi_supervised)
@@ -68,10 +68,7 @@ def pseudo_label_images(
     torch.set_num_threads(threads)
     device = select_device(device)
     plans = load_plans(plans_path)
-    precision = planned_precision(plans)
-    if precision == "bf16" and not bf16_available(device):
-        log.warning("the plans say bf16, but %s has no native bf16: pseudo-labelling in fp32", device)
-        precision = "fp32"
+    precision = runnable_precision(planned_precision(plans), device, log, "the plans say", "pseudo-labelling")
     model, _ = load_model(model_path, device=device)
     n_classes, patch = int(plans["n_classes"]), tuple(int(p) for p in plans["patch_size"])
     mirror_axes = prediction_mirror_axes(plans)

@@ -19,7 +19,7 @@ from carve.planning.preprocess import load_case
 from carve.planning.split import fold_of, load_splits
 from carve.prediction.predict import PredictOptions, predict_case, select_device
 from carve.training.budget import BUDGET_KEYS, planned_channels_last, planned_iterations, planned_precision
-from carve.training.precision import bf16_available
+from carve.training.precision import runnable_precision
 
 log = logging.getLogger("carve.training.fold")
 MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
@@ -130,9 +130,9 @@ def train_one_fold(
     domains = _domains(plans, case_datasets, names, train_cases, splits_path)
     config = train_config_from(plans, train_options, seed + fold)
     device = select_device(device)
-    if config.precision == "bf16" and not bf16_available(device):
-        log.warning("fold %d: the plans say bf16, but %s has no native bf16: training in fp32", fold, device)
-        config = replace(config, precision="fp32")
+    config = replace(
+        config, precision=runnable_precision(config.precision, device, log, f"fold {fold}: the plans say", "training")
+    )
     log.info(
         "fold %d: %d training, %d validation cases; patch %s, batch %d, device %s, %d thread(s), %s",
         fold,

@@ -14,6 +14,7 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,6 +76,15 @@ def choose_channels_last(
         "seconds": {"contiguous": contiguous, "channels_last": channels_last},
         "channels_last_speedup": round(speedup, 3),
     }
+
+
+def runnable_precision(precision: str, device: str, log: logging.Logger, said_by: str, doing: str) -> str:
+    """``precision`` where ``device`` can run it; bf16 on a device without native bf16 becomes fp32, with a warning
+    ("<said_by> bf16, but <device> has no native bf16: <doing> in fp32")."""
+    if precision == "bf16" and not bf16_available(device):
+        log.warning("%s bf16, but %s has no native bf16: %s in fp32", said_by, device, doing)
+        return "fp32"
+    return precision
 
 
 def describe_layout(layout: dict, precision: str) -> str:
