@@ -42,3 +42,50 @@ def test_preprocess_image_without_label_shape():
     data, g = preprocess_image(np.zeros((4, 8, 8), np.float32) + 3, Geometry((4.0, 1.0, 1.0)), plans)
     assert data.shape == (1, 8, 4, 4)
     np.testing.assert_allclose(data, 0.0, atol=1e-5)
+
+
+def _stored_case(tmp_path, shape=(2, 7, 9, 11)):
+    from carve.planning.preprocess import save_case
+
+    image = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    geometry = Geometry((1.0, 2.5, 0.7), (0.0, 0.0, 0.0), ((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    save_case(tmp_path / "case_01.npz", image, geometry, np.zeros(shape[1:], np.uint8))
+    return tmp_path / "case_01.npz", image
+
+
+def test_map_case_image_maps_the_stored_bytes_read_only(tmp_path):
+    from carve.planning.preprocess import map_case_image
+    from carve.training.sampling import PatchSampler
+
+    path, image = _stored_case(tmp_path)
+    mapped = map_case_image(path)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, image)
+    with pytest.raises(ValueError):
+        mapped[0, 0, 0, 0] = 1.0
+    # a sampler over the mapped image draws exactly the patches of the image in memory
+    zeros = np.broadcast_to(np.zeros((), np.uint8), image.shape[1:])
+    a = PatchSampler([(image, zeros)], (4, 5, 6), 2, 0.0, np.random.default_rng(0)).sample(6)
+    b = PatchSampler([(mapped, zeros)], (4, 5, 6), 2, 0.0, np.random.default_rng(0)).sample(6)
+    assert type(b[0]) is np.ndarray
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_map_case_image_reads_a_compressed_member_and_refuses_a_truncated_file(tmp_path):
+    from carve.errors import InputError
+    from carve.planning.preprocess import map_case_image
+
+    image = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    np.savez_compressed(tmp_path / "other.npz", image=image)  # written by something else
+    read = map_case_image(tmp_path / "other.npz")
+    assert not isinstance(read, np.memmap)
+    np.testing.assert_array_equal(read, image)
+
+    path, _ = _stored_case(tmp_path)
+    data = path.read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.npz: not a readable preprocessed case"):
+        map_case_image(tmp_path / "cut.npz")
+    np.savez(tmp_path / "nolabel.npz", label=np.zeros(3, np.uint8))
+    with pytest.raises(InputError, match="nolabel.npz: not a readable preprocessed case"):
+        map_case_image(tmp_path / "nolabel.npz")

@@ -68,6 +68,55 @@ def save_case(path: Path, image: np.ndarray, geometry: Geometry, labels: np.ndar
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def case_name(path: str | Path) -> str:
+    """The case a preprocessed file holds: its name without ``.npz``."""
+    return Path(path).name.removesuffix(".npz")
+
+
+def map_case_image(path: Path) -> np.ndarray:
+    """The stored ``image`` of a preprocessed case, memory-mapped read-only instead of read.
+
+    :func:`save_case` stores its arrays uncompressed, so the image's bytes lie contiguous in the file: a sampler
+    over many images then keeps only the pages it touches, which the kernel can drop again, instead of every image
+    in the job's own memory. A member that is compressed, or a header version this does not parse (a file written
+    by something else), is read instead.
+    """
+    import zipfile
+
+    path = Path(path)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("image.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return _read_image(path)
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError("no local file header for image.npy")
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+            f.seek(start + int.from_bytes(local[28:30], "little"))
+            member_start = f.tell()
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                return _read_image(path)
+            shape, fortran, dtype = readers[version](f)
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("image.npy holds Python objects")
+        if offset - member_start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+            raise ValueError(f"image.npy's header {shape} {dtype} does not match its {info.file_size} bytes")
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable preprocessed case ({err})") from None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        return data["image"]
+
+
 def load_case(path: Path) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     with np.load(path, allow_pickle=False) as data:
         geometry = Geometry(tuple(data["spacing_mm"]), tuple(data["origin_mm"]), tuple(map(tuple, data["direction"])))

@@ -28,16 +28,12 @@ import pandas as pd
 from carve.errors import InputError
 from carve.imaging.io import atomic_write_bytes, atomic_write_text
 from carve.planning.plan import load_plans
-from carve.planning.preprocess import load_case
+from carve.planning.preprocess import case_name, load_case
 
 log = logging.getLogger("carve.prediction.pseudo_labels")
 TEACHER_FILE = "teacher.json"
 TABLE_FILE = "pseudo_labels.tsv"
 DEFAULT_OVERLAP = 0.5
-
-
-def case_name(path: str | Path) -> str:
-    return Path(path).name.removesuffix(".npz")
 
 
 def pseudo_label_images(

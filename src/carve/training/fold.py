@@ -15,7 +15,7 @@ import pandas as pd
 from carve.errors import InputError
 from carve.imaging.io import atomic_write_text
 from carve.planning.plan import load_plans, plans_for_dataset
-from carve.planning.preprocess import load_case
+from carve.planning.preprocess import case_name, load_case, map_case_image
 from carve.planning.split import fold_of, load_splits
 from carve.prediction.predict import PredictOptions, predict_case, select_device
 from carve.training.budget import BUDGET_KEYS, planned_channels_last, planned_iterations, planned_precision
@@ -74,7 +74,7 @@ def load_preprocessed(
 ) -> list[list[tuple[Any, Any]]]:
     """(image, label) of each named case, per group, from the preprocessed files ``case_paths``; every name is
     checked before anything is loaded, and ``where`` (what named them) leads the error."""
-    by_case = {Path(p).name.removesuffix(".npz"): Path(p) for p in case_paths}
+    by_case = {case_name(p): Path(p) for p in case_paths}
     missing = [c for names in groups for c in names if c not in by_case]
     if missing:
         raise InputError(f"{where} names cases without preprocessed data: {missing}")
@@ -145,13 +145,13 @@ def train_one_fold(
         config.precision,
     )
     out_dir = Path(out_dir)
-    unlabelled_names = [Path(p).name.removesuffix(".npz") for p in unlabelled_paths] if semi.enabled else []
+    unlabelled_names = [case_name(p) for p in unlabelled_paths] if semi.enabled else []
     leaked = sorted(set(unlabelled_names) & {*names["train"], *names["val"]})
     if leaked:
         raise InputError(f"fold {fold}: labelled cases {leaked} are among the unlabelled images")
     unlabelled, pseudo_cases, teacher = [], [], None
     if semi.method == "mean_teacher":
-        unlabelled = [load_case(Path(p))[0] for p in unlabelled_paths]
+        unlabelled = [map_case_image(Path(p)) for p in unlabelled_paths]  # pages, not copies
     elif semi.method == "self_training":
         pseudo_cases, teacher = _student_cases(fold, names, unlabelled_paths, pseudo_label_dirs)
         config = replace(config, augment=stronger(config.augment))
@@ -219,13 +219,13 @@ def _student_cases(fold: int, names: Mapping, unlabelled_paths: Sequence[Path], 
         )
     except ValueError as err:
         raise InputError(f"{pseudo_label_dirs[0]}: {err}") from None
-    images = {Path(p).name.removesuffix(".npz"): Path(p) for p in unlabelled_paths}
+    images = {case_name(p): Path(p) for p in unlabelled_paths}
     missing = sorted(c.case for c in inputs if c.source != LABELLED and c.case not in images)
     if missing:
         raise InputError(
             f"{pseudo_label_dirs[0]}: pseudo-labels of images that are not among the unlabelled: {missing}"
         )
-    pseudo = [(load_case(images[c.case])[0], read_pseudo_label(c.source)) for c in inputs if c.source != LABELLED]
+    pseudo = [(map_case_image(images[c.case]), read_pseudo_label(c.source)) for c in inputs if c.source != LABELLED]
     return pseudo, teacher
 
 
