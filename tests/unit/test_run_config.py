@@ -156,6 +156,8 @@ def test_unlabelled_rows_are_read_by_training_only(data: Path) -> None:
     assert run.unlabelled_images == ["u0", "u1"]
     assert run.unlabelled_preprocessed() == [f"results/preprocessed/unlabelled/{c}.npz" for c in ("u0", "u1")]
     assert run.budget_semi_supervised() == {"method": "mean_teacher", "unlabelled_per_batch": 2}
+    mixing = resolve_run({**config, "semi_supervised": {"method": "mean_teacher", "copy_paste": True}})
+    assert mixing.budget_semi_supervised() == {"method": "mean_teacher", "unlabelled_per_batch": 2, "copy_paste": True}
     assert run.semi_supervised_params()["method"] == "mean_teacher"
     outputs = run.all_outputs()
     assert not [o for o in outputs if "/u0" in o or "/u1" in o]  # never segmented, meshed or previewed

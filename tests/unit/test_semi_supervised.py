@@ -20,6 +20,7 @@ from carve.training.semi_supervised import (
     StudentCase,
     consistency_loss,
     consistency_rampup,
+    copy_paste_mix,
     ema_update_,
     pseudo_labels,
     student_training_inputs,
@@ -292,6 +293,9 @@ def test_options_defaults_and_a_full_block() -> None:
         ({"rounds": 0}, r"semi_supervised\.rounds: 0 is not a whole number >= 1"),
         ({"rounds": 1.5}, r"semi_supervised\.rounds: 1\.5"),
         ({"unlabelled_per_batch": False}, r"semi_supervised\.unlabelled_per_batch: False"),
+        ({"method": "mean_teacher", "copy_paste": 1}, r"semi_supervised\.copy_paste: 1 is not true or false"),
+        ({"method": "self_training", "copy_paste": True}, r"semi_supervised\.copy_paste: .*method is 'self_training'"),
+        ({"copy_paste_fraction": 1.2}, r"semi_supervised\.copy_paste_fraction: 1\.2 is not a number in \[0, 1\]"),
         (
             {"ema_decy": 0.9},
             r"semi_supervised\.ema_decy: unknown option; the options are method, use_test_images, confidence_threshold",
@@ -382,3 +386,42 @@ def test_a_student_starts_from_scratch_or_its_teacher_and_nothing_else() -> None
     assert SemiSupervisedOptions.from_config({"student_init": "teacher"}).student_init == "teacher"
     with pytest.raises(InputError, match=r"semi_supervised.student_init: 'ema' is not one of scratch, teacher"):
         SemiSupervisedOptions.from_config({"student_init": "ema"})
+
+
+def test_copy_paste_mix_pastes_a_box_each_way_with_its_targets() -> None:
+    spatial = (4, 6, 5)
+    images = torch.full((2, 1, *spatial), 1.0)
+    images[1] = 2.0
+    labels = torch.ones((2, *spatial), dtype=torch.long)
+    labels[1] = 2
+    unlabelled = -torch.arange(1.0, 4.0)[:, None, None, None, None].expand(3, 1, *spatial).clone()  # -1, -2, -3
+    pseudo = torch.zeros((3, *spatial), dtype=torch.long)
+    pseudo[2] = 3
+    mixed, target = copy_paste_mix(images, labels, unlabelled, pseudo, 0.5, torch.Generator().manual_seed(0))
+    assert mixed.shape == (3, 1, *spatial) and target.shape == (3, *spatial) and target.dtype == torch.long
+    box_voxels = 2 * 3 * 2  # round(0.5 x side) per axis (3 x 0.5 = 2.5 rounds to 2)
+    for j, (inner, outer, inner_label, outer_label) in enumerate(
+        [(1.0, -1.0, 1, 0), (-2.0, 2.0, 0, 2), (1.0, -3.0, 1, 3)]  # j -> labelled j mod 2; odd j: the other way
+    ):
+        inside = mixed[j, 0] == inner
+        assert int(inside.sum()) == box_voxels and int((mixed[j, 0] == outer).sum()) == inside.numel() - box_voxels
+        where = inside.nonzero()
+        extent = (where.max(0).values - where.min(0).values + 1).tolist()
+        assert extent == [2, 3, 2]  # one box, not scattered voxels
+        assert bool((target[j][inside] == inner_label).all()) and bool((target[j][~inside] == outer_label).all())
+    # the box's place comes from the generator: the same seed, the same mix; another seed moves it
+    again, _ = copy_paste_mix(images, labels, unlabelled, pseudo, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(again, mixed)
+    moved = [
+        copy_paste_mix(images, labels, unlabelled, pseudo, 0.5, torch.Generator().manual_seed(s))[0] for s in (1, 2, 3)
+    ]
+    assert any(not torch.equal(m, mixed) for m in moved)
+    # fraction 1: the whole patch is pasted; 0: one voxel
+    whole, whole_target = copy_paste_mix(images, labels, unlabelled, pseudo, 1.0, torch.Generator())
+    assert torch.equal(whole[0], images[0]) and torch.equal(whole_target[1], pseudo[1])
+    single, _ = copy_paste_mix(images, labels, unlabelled, pseudo, 0.0, torch.Generator())
+    assert int((single[0, 0] == 1.0).sum()) == 1
+    with pytest.raises(ValueError, match="patches differ"):
+        copy_paste_mix(images, labels, unlabelled[:, :, :2], pseudo, 0.5, torch.Generator())
+    with pytest.raises(ValueError, match="do not fit"):
+        copy_paste_mix(images, labels, unlabelled, pseudo[:2], 0.5, torch.Generator())

@@ -258,6 +258,51 @@ def test_mean_teacher_step_moves_the_teacher_towards_the_network_and_pulls_the_n
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_copy_paste_step_trains_on_mixes_with_the_teachers_labels_and_resumes_exactly(tmp_path, monkeypatch) -> None:
+    from carve.training import semi_supervised
+    from carve.training.network import UNet3D
+    from carve.training.train import _build_optimizer, mean_teacher_step
+
+    config = _config()
+    torch.manual_seed(0)
+    model, teacher = UNet3D(replace(NET, deep_supervision=True)), UNet3D(replace(NET, deep_supervision=True))
+    optimizer = _build_optimizer(model, config, train_mod.LOG)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 1, 8, 16, 16)).astype(np.float32)
+    labels = (images[:, 0] > 0).astype(np.uint8)
+    unlabelled = rng.standard_normal((2, 1, 8, 16, 16)).astype(np.float32)
+    seen = []
+    real_mix = semi_supervised.copy_paste_mix
+
+    def spy(x, y, u, pseudo, fraction, generator):
+        seen.append((u.shape, pseudo, fraction))
+        return real_mix(x, y, u, pseudo, fraction, generator)
+
+    monkeypatch.setattr(semi_supervised, "copy_paste_mix", spy)
+    semi = _mean_teacher(copy_paste=True, copy_paste_fraction=0.5, unlabelled_per_batch=2)
+    loss, term = mean_teacher_step(
+        model, teacher, optimizer, images, labels, unlabelled, config, NET, torch.Generator().manual_seed(0), "cpu",
+        semi, 1.0, 10,
+    )  # fmt: skip
+    assert math.isfinite(loss) and term > 0 and len(seen) == 1
+    shape, pseudo, fraction = seen[0]
+    assert shape[0] == 2 and fraction == 0.5 and pseudo.dtype == torch.long and int(pseudo.max()) < NET.n_classes
+    # a whole fold with copy-paste: other weights than plain consistency, the same bytes again, and after a kill
+    config = _config(epochs=3)
+    path = train_fold(TRAIN, VAL, config, tmp_path / "ref", unlabelled=UNLABELLED, semi=_mean_teacher(copy_paste=True))
+    reference = _weights(path)
+    plain = _weights(train_fold(TRAIN, VAL, config, tmp_path / "plain", unlabelled=UNLABELLED, semi=_mean_teacher()))
+    assert not all(torch.equal(v, plain[k]) for k, v in reference.items())
+    real = _crash_after_first_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(TRAIN, VAL, config, tmp_path / "run", unlabelled=UNLABELLED, semi=_mean_teacher(copy_paste=True))
+    monkeypatch.setattr(train_mod, "_write_curves", real)
+    resumed = _weights(
+        train_fold(TRAIN, VAL, config, tmp_path / "run", unlabelled=UNLABELLED, semi=_mean_teacher(copy_paste=True))
+    )
+    assert all(torch.equal(v, resumed[k]) for k, v in reference.items())
+
+
 def test_mean_teacher_fold_saves_the_teacher_with_both_dice_and_resumes_exactly(tmp_path, monkeypatch) -> None:
     config, semi = _config(epochs=3), _mean_teacher()
     path = train_fold(TRAIN, VAL, config, tmp_path / "ref", unlabelled=UNLABELLED, semi=semi)

@@ -321,7 +321,11 @@ class Run:
         options = self.semi_supervised
         if options.method != "mean_teacher":
             return {}
-        return {"method": options.method, "unlabelled_per_batch": options.unlabelled_per_batch}
+        return {
+            "method": options.method,
+            "unlabelled_per_batch": options.unlabelled_per_batch,
+            **({"copy_paste": True} if options.copy_paste else {}),
+        }
 
     def semi_supervised_params(self) -> dict[str, Any]:
         """The ``semi_supervised`` block a fold trains with (method none without unlabelled images)."""

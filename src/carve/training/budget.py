@@ -195,6 +195,7 @@ def training_budget(
         log.info("memory format auto: training step %s", describe_layout(layout, precision))
     runtime = {
         **({"semi_supervised": semi.method, "unlabelled_per_batch": semi.unlabelled_per_batch} if semi.enabled else {}),
+        **({"copy_paste": True} if semi.copy_paste else {}),
         "device": device,
         "threads": int(threads),
         "precision": precision,

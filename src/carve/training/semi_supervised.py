@@ -14,7 +14,10 @@ Two methods, chosen by the config's ``semi_supervised.method`` (:class:`SemiSupe
   exponential moving average of the student's weights (:func:`ema_update_`), and on ``unlabelled_per_batch``
   unlabelled patches per batch the student's softmax is pulled towards the teacher's
   (:func:`consistency_loss`), the term's weight ``consistency_weight`` ramped up over the first ``rampup_fraction``
-  of training (:func:`consistency_rampup`), while the teacher is still random.
+  of training (:func:`consistency_rampup`), while the teacher is still random. With ``copy_paste`` (bidirectional
+  copy-paste, Bai et al. 2023) the network sees each unlabelled patch mixed with a labelled one instead
+  (:func:`copy_paste_mix`): a box of one pasted into the other, its target the label where the labelled patch shows
+  and the teacher's argmax where the unlabelled one shows; that loss takes the consistency term's place and weight.
 
 Importing this module does not import torch (the options are checked with the config, before any job).
 """
@@ -63,6 +66,8 @@ class SemiSupervisedOptions:
     rampup_fraction: float = 0.4  # of training over which the consistency weight ramps up (0: none)
     unlabelled_per_batch: int = 2  # unlabelled patches added to each batch
     noise_std: float = 0.1  # Gaussian noise (clipped at 2 SD) added to each view of an unlabelled patch
+    copy_paste: bool = False  # mix labelled and unlabelled patches (bidirectional copy-paste) instead of consistency
+    copy_paste_fraction: float = 2 / 3  # the pasted box's share of each side of the patch
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -75,12 +80,16 @@ class SemiSupervisedOptions:
             ("rampup_fraction", 0.0, 1.0, False),
             ("noise_std", 0.0, math.inf, True),
             ("pseudo_fraction", 0.0, 1.0, False),
+            ("copy_paste_fraction", 0.0, 1.0, False),
         ):
             object.__setattr__(self, name, _number(name, getattr(self, name), low, high, high_open))
         for name in ("rounds", "unlabelled_per_batch"):
             object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
-        if not isinstance(self.use_test_images, bool):
-            raise InputError(f"{_KEY}.use_test_images: {self.use_test_images!r} is not true or false")
+        for name in ("use_test_images", "copy_paste"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{_KEY}.{name}: {getattr(self, name)!r} is not true or false")
+        if self.copy_paste and self.method != "mean_teacher":
+            raise InputError(f"{_KEY}.copy_paste: mixes patches inside a mean teacher's job; method is '{self.method}'")
 
     @property
     def enabled(self) -> bool:
@@ -245,6 +254,51 @@ def consistency_loss(
     if bool((weights < 0).any()):
         raise ValueError("mask weights must be non-negative")
     return (per_voxel * weights).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def copy_paste_mix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabelled: torch.Tensor,
+    pseudo: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional copy-paste (Bai et al. 2023): one mixed patch per unlabelled patch, and its target.
+
+    ``images`` (B, C, *spatial) with ``labels`` (B, *spatial), ``unlabelled`` (U, C, *spatial) with the teacher's
+    ``pseudo`` labels (U, *spatial); unlabelled patch j is paired with labelled patch j mod B. A box of
+    round(``fraction`` x side) voxels per axis (at least 1), at a uniformly random place drawn from ``generator``
+    (CPU), is pasted: for even j the labelled box into the unlabelled patch, for odd j the unlabelled box into the
+    labelled patch, so both directions appear. The target takes the pasted box's labels inside it and the
+    surrounding patch's outside. Returns (mixed (U, C, *spatial), target (U, *spatial))."""
+    import torch
+
+    if images.ndim != unlabelled.ndim or images.shape[1:] != unlabelled.shape[1:] or images.ndim < 3:
+        raise ValueError(f"labelled {tuple(images.shape)} and unlabelled {tuple(unlabelled.shape)} patches differ")
+    if labels.shape != (images.shape[0], *images.shape[2:]) or pseudo.shape != (unlabelled.shape[0], *images.shape[2:]):
+        raise ValueError(f"labels {tuple(labels.shape)} / pseudo-labels {tuple(pseudo.shape)} do not fit the patches")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"copy_paste_fraction must be in [0, 1], got {fraction}")
+    spatial = images.shape[2:]
+    n_labelled = images.shape[0]
+    mixed, targets = [], []
+    for j in range(unlabelled.shape[0]):
+        i = j % n_labelled
+        box = []
+        for side in spatial:
+            size = min(side, max(1, round(fraction * side)))
+            start = int(torch.randint(0, side - size + 1, (1,), generator=generator))
+            box.append(slice(start, start + size))
+        inside = torch.zeros(spatial, dtype=torch.bool, device=images.device)
+        inside[tuple(box)] = True
+        if j % 2 == 0:  # the labelled box into the unlabelled patch
+            (img_in, lab_in), (img_out, lab_out) = (images[i], labels[i]), (unlabelled[j], pseudo[j])
+        else:  # the unlabelled box into the labelled patch
+            (img_in, lab_in), (img_out, lab_out) = (unlabelled[j], pseudo[j]), (images[i], labels[i])
+        mixed.append(torch.where(inside, img_in, img_out))
+        targets.append(torch.where(inside, lab_in, lab_out.to(lab_in.dtype)))
+    return torch.stack(mixed), torch.stack(targets)
 
 
 def masked_pseudo_labels(probabilities: np.ndarray, options: SemiSupervisedOptions) -> tuple[np.ndarray, float]:

@@ -335,9 +335,12 @@ def mean_teacher_step(
     loss plus ``semi.consistency_weight`` x :func:`carve.training.semi_supervised.consistency_rampup` (at
     ``progress``) x the squared softmax difference on the unlabelled patches, in float32. After the optimiser's
     step the teacher becomes an exponential moving average of the network, with decay
-    min(``semi.ema_decay``, 1 - 1/(``step_index`` + 1)) so that it follows quickly at first. Returns (loss,
-    consistency), or None (no step, the teacher unchanged) when the loss is not finite."""
-    from carve.training.semi_supervised import consistency_loss, consistency_rampup, ema_update_
+    min(``semi.ema_decay``, 1 - 1/(``step_index`` + 1)) so that it follows quickly at first. With
+    ``semi.copy_paste`` the network's view of each unlabelled patch is mixed with a labelled patch
+    (:func:`carve.training.semi_supervised.copy_paste_mix`, the teacher's argmax as the unlabelled part's target)
+    and the mix's deep-supervision loss takes the consistency term's place and weight. Returns (loss, that
+    unsupervised term), or None (no step, the teacher unchanged) when the loss is not finite."""
+    from carve.training.semi_supervised import consistency_loss, consistency_rampup, copy_paste_mix, ema_update_
 
     x, y = _augmented(images, labels, config, generator, device)
     no_labels = np.zeros((unlabelled.shape[0], *unlabelled.shape[2:]), dtype=np.uint8)
@@ -350,22 +353,29 @@ def mean_teacher_step(
 
     fmt = memory_format(config.channels_last)
     student_view, teacher_view = noisy(), noisy()
+    teacher.eval()
+    with torch.no_grad(), autocast(device, config.precision):
+        reference = teacher(teacher_view.contiguous(memory_format=fmt))
+    reference = reference[0] if isinstance(reference, list) else reference
+    teacher_probabilities = torch.softmax(reference.float(), 1)
+    if semi.copy_paste:
+        pseudo = teacher_probabilities.argmax(1)
+        student_view, mixed_target = copy_paste_mix(x, y, student_view, pseudo, semi.copy_paste_fraction, generator)
     batch = torch.cat([x, student_view]).contiguous(memory_format=fmt)
     with autocast(device, config.precision):
         out = model(batch)
     outputs = [o.float() for o in out] if isinstance(out, list) else [out.float()]
     n = x.shape[0]
     supervised = deep_supervision_loss([o[:n] for o in outputs], y, network.n_classes, network.strides)
-    teacher.eval()
-    with torch.no_grad(), autocast(device, config.precision):
-        reference = teacher(teacher_view.contiguous(memory_format=fmt))
-    reference = reference[0] if isinstance(reference, list) else reference
-    consistency = consistency_loss(outputs[0][n:], torch.softmax(reference.float(), 1))
-    loss = supervised + semi.consistency_weight * consistency_rampup(progress, semi.rampup_fraction) * consistency
+    if semi.copy_paste:
+        unsupervised = deep_supervision_loss([o[n:] for o in outputs], mixed_target, network.n_classes, network.strides)
+    else:
+        unsupervised = consistency_loss(outputs[0][n:], teacher_probabilities)
+    loss = supervised + semi.consistency_weight * consistency_rampup(progress, semi.rampup_fraction) * unsupervised
     if not _optimiser_step(model, optimizer, loss):
         return None
     ema_update_(teacher, model, min(semi.ema_decay, 1.0 - 1.0 / (step_index + 1)))
-    return float(loss.detach()), float(consistency.detach())
+    return float(loss.detach()), float(unsupervised.detach())
 
 
 def mixed_batch(
@@ -483,11 +493,12 @@ def train_fold(
             np.random.default_rng([config.seed, 3]),
         )
         log.info(
-            "mean teacher: %d unlabelled image(s), %d unlabelled patch(es) per batch, EMA decay %g, consistency %g "
+            "mean teacher: %d unlabelled image(s), %d unlabelled patch(es) per batch, EMA decay %g, %s %g "
             "ramped over %g of training",
             len(unlabelled),
             semi.unlabelled_per_batch,
             semi.ema_decay,
+            f"copy-paste (box {semi.copy_paste_fraction:.2f} of each side)" if semi.copy_paste else "consistency",
             semi.consistency_weight,
             semi.rampup_fraction,
         )
@@ -601,7 +612,8 @@ def train_fold(
                 last_log = time.monotonic()
                 log.info("iteration %d loss %.4f lr %.2e elapsed %.0f s", iteration, losses[-1], lr, last_log - t0)
                 if teacher is not None:
-                    log.info("iteration %d consistency %.5f", iteration, consistency)
+                    term = "copy-paste loss" if semi.copy_paste else "consistency"
+                    log.info("iteration %d %s %.5f", iteration, term, consistency)
         if not losses:
             break
         epoch += 1
