@@ -29,7 +29,7 @@ from typing import Any
 
 from carve.errors import InputError
 from carve.imaging.io import atomic_write_text
-from carve.training.precision import PRECISIONS, bf16_available, resolve_precision, resolved
+from carve.training.precision import PRECISIONS, bf16_available, resolve_precision, resolved, runnable_precision
 
 LOG = logging.getLogger("carve.prediction.inference_precision")
 DECISION_FORMAT = "carve-inference-precision/1"
@@ -184,27 +184,25 @@ def load_inference_precision(
 ) -> str:
     """The precision ``inference_precision.json`` decided, for a job on ``device``: fp32, with a warning, where
     the decision is bf16 but this device has no native bf16."""
-    try:
-        record: Mapping[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read the inference precision ({error})") from error
-    if not isinstance(record, Mapping) or record.get("format") != DECISION_FORMAT:
+    record = _read_decision(path)
+    if record.get("format") != DECISION_FORMAT:
         raise InputError(f"{path}: not an inference precision decision (format {DECISION_FORMAT} expected)")
     precision = resolved(str(record.get("precision")), f"{path} precision")
-    if precision == "bf16" and not available(device):
-        log.warning("%s decided bf16, but %s has no native bf16: predicting in fp32", path, device)
-        return "fp32"
-    return precision
+    return runnable_precision(precision, device, log, f"{path} decided", "predicting", available)
+
+
+def _read_decision(path: Path) -> Mapping[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read the inference precision ({error})") from error
+    return record if isinstance(record, Mapping) else {}
 
 
 def load_inference_channels_last(path: Path) -> bool:
     """Whether ``inference_precision.json`` chose the channels-last memory format (False in records written before
     it was timed)."""
-    try:
-        record: Mapping[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: cannot read the inference precision ({error})") from error
-    value = record.get("channels_last", False) if isinstance(record, Mapping) else False
+    value = _read_decision(path).get("channels_last", False)
     if not isinstance(value, bool):
         raise InputError(f"{path}: channels_last {value!r} is not true or false")
     return value

@@ -123,17 +123,14 @@ def forward_precision(options: PredictOptions, model, plans: Mapping, device: st
     without native bf16); ``auto`` decided here by timing ``model`` on windows of ``in_channels`` channels (the
     pipeline decides once per run instead, rule ``choose_inference_precision``, and passes the decision)."""
     from carve.prediction.inference_precision import decide_inference_precision
-    from carve.training.precision import bf16_available
+    from carve.training.precision import runnable_precision
 
     if options.precision == "auto":
         decision = decide_inference_precision(
             "auto", model, plans["patch_size"], options.batch_windows, device, in_channels=in_channels
         )
         return decision["precision"]
-    if options.precision == "bf16" and not bf16_available(device):
-        log.warning("predict.precision bf16, but %s has no native bf16: predicting in fp32", device)
-        return "fp32"
-    return options.precision
+    return runnable_precision(options.precision, device, log, "predict.precision", "predicting")
 
 
 def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, options: PredictOptions, device: str):

@@ -78,10 +78,18 @@ def choose_channels_last(
     }
 
 
-def runnable_precision(precision: str, device: str, log: logging.Logger, said_by: str, doing: str) -> str:
-    """``precision`` where ``device`` can run it; bf16 on a device without native bf16 becomes fp32, with a warning
-    ("<said_by> bf16, but <device> has no native bf16: <doing> in fp32")."""
-    if precision == "bf16" and not bf16_available(device):
+def runnable_precision(
+    precision: str,
+    device: str,
+    log: logging.Logger,
+    said_by: str,
+    doing: str,
+    available: Callable[[str], bool] | None = None,
+) -> str:
+    """``precision`` where ``device`` can run it; bf16 on a device without native bf16 (``available``, default
+    :func:`bf16_available`) becomes fp32, with a warning ("<said_by> bf16, but <device> has no native bf16: <doing>
+    in fp32")."""
+    if precision == "bf16" and not (available or bf16_available)(device):
         log.warning("%s bf16, but %s has no native bf16: %s in fp32", said_by, device, doing)
         return "fp32"
     return precision
