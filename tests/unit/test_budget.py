@@ -95,6 +95,26 @@ def test_a_time_budget_is_timed_on_the_planned_step_and_recorded() -> None:
     assert noisy["iterations"] == entry["iterations"]  # 4 % slower: the same count
 
 
+def test_a_mean_teacher_budget_times_its_own_step_and_the_supervised_one() -> None:
+    def measure(config, device, threads, semi=None):
+        return [0.8] * 3 if semi is not None else [0.4] * 3  # the mean teacher's step: twice the supervised one
+
+    semi = {"method": "mean_teacher", "unlabelled_per_batch": 2}
+    entry = training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=measure, bf16=NO_BF16, semi_supervised=semi)
+    assert (entry["iterations"], entry["seconds_per_iteration"]) == (150, 0.8)
+    assert (entry["supervised_iterations"], entry["supervised_seconds_per_iteration"]) == (300, 0.4)
+    assert entry["semi_supervised"] == "mean_teacher" and entry["unlabelled_per_batch"] == 2
+    plans = {**PLANS, "training": entry}
+    assert planned_iterations(plans) == 150 and planned_iterations(plans, supervised=True) == 300
+    assert train_config_from(plans, {}, 0).iterations == 150
+    assert train_config_from(plans, {}, 0, supervised=True).iterations == 300  # the learning curve's models
+    # a supervised run's plans (and a mean teacher's with a count) have one count for both
+    plain = {**PLANS, "training": training_budget(PLANS, {"time_budget_min": 2.0}, 0, 2, measure=measure, bf16=NO_BF16)}
+    assert "supervised_iterations" not in plain["training"] and planned_iterations(plain, supervised=True) == 300
+    counted = training_budget(PLANS, {"iterations": 40}, 0, 2, measure=measure, bf16=NO_BF16, semi_supervised=semi)
+    assert "supervised_iterations" not in counted and counted["iterations"] == 40
+
+
 def test_a_count_is_recorded_without_timing() -> None:
     def measure(*args):
         raise AssertionError("a count needs no timing")

@@ -13,7 +13,9 @@ file of their own, so that raising the number of draws leaves the models already
 
 Every model is trained like a fold (:func:`carve.training.fold.train_config_from`, the config's ``train`` keys and the
 plans), validating on the draw's held-out training cases, which changes only the curves it writes (the final
-weights are kept, there is no selection by validation).
+weights are kept, there is no selection by validation). The models train supervised: where the folds train a mean
+teacher within a time budget, they train the count a supervised step fits in the same minutes
+(``supervised_iterations`` of the plans), not the mean teacher's.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def train_subset_model(
     train_cases, val_cases = load_preprocessed(
         case_paths, (subset.train, subset.held_out), f"{subsets_path}: n={n} draw {draw}"
     )
-    config = train_config_from(plans, train_options, model_seed(seed, n, draw))
+    config = train_config_from(plans, train_options, model_seed(seed, n, draw), supervised=True)
     device = select_device(device)
     log.info("n=%d draw %d: training on %s, validating on %s", n, draw, list(subset.train), list(subset.held_out))
     model = train_fold(

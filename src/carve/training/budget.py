@@ -151,7 +151,8 @@ def training_budget(
     stand-in in tests). The timings go to the log only, so that the same decision gives the same plans; the
     manifest records the CPU's bf16 units (:mod:`carve.machine`) beside it. ``semi_supervised``: the config's
     block; a method that trains in one job (``mean_teacher``) is timed with its own step, passed to ``measure`` as
-    ``semi``, and named in the entry, so that a time budget means the same minutes whatever the method."""
+    ``semi``, and named in the entry, so that a time budget means the same minutes whatever the method; the
+    supervised step is timed too (``supervised_iterations``: what the learning curve's supervised models train)."""
     from carve.training.fold import train_config_from
     from carve.training.precision import (
         DEFAULT_PRECISION,
@@ -166,6 +167,7 @@ def training_budget(
     device = str(plans.get("memory", {}).get("device", "cpu"))
     config = train_config_from(plans, train, seed, iterations=1)
     semi = SemiSupervisedOptions.from_config(semi_supervised)
+    measure_supervised = measure
     if semi.method == "mean_teacher":
         measure = partial(measure, semi=semi)
     timings: dict[tuple[str, bool], list[float]] = {}
@@ -228,11 +230,26 @@ def training_budget(
         precision,
         ", channels-last" if channels_last else "",
     )
+    supervised = {}
+    if semi.method == "mean_teacher":  # the learning curve's models train supervised: the same minutes' count
+        variant = replace(config, precision=precision, channels_last=channels_last)
+        supervised_seconds = on_grid(statistics.median(measure_supervised(variant, device, threads)))
+        supervised = {
+            "supervised_iterations": iterations_for(value, supervised_seconds),
+            "supervised_seconds_per_iteration": supervised_seconds,
+        }
+        log.info(
+            "time budget %.3g min: a supervised step (the learning curve's) %.3g s on the grid -> %d iterations",
+            value,
+            supervised_seconds,
+            supervised["supervised_iterations"],
+        )
     return {
         **entry,
         "iterations": iterations,
         "time_budget_min": value,
         "seconds_per_iteration": per_iteration,
+        **supervised,
         **runtime,
     }
 
@@ -257,10 +274,14 @@ def planned_channels_last(plans: Mapping[str, Any]) -> bool:
     return value
 
 
-def planned_iterations(plans: Mapping[str, Any], where: str | Path = "plans.json") -> int:
-    """The iterations a fold of these plans trains (``plans["training"]["iterations"]``)."""
+def planned_iterations(plans: Mapping[str, Any], where: str | Path = "plans.json", supervised: bool = False) -> int:
+    """The iterations a fold of these plans trains (``plans["training"]["iterations"]``). ``supervised``: those of
+    a supervised model of the same budget (the learning curve's) where the folds train a dearer mean-teacher step
+    within a time budget (``training.supervised_iterations``); the fold's count elsewhere."""
     training = plans.get("training")
     count = training.get("iterations") if isinstance(training, Mapping) else None
+    if supervised and isinstance(training, Mapping) and "supervised_iterations" in training:
+        count = training["supervised_iterations"]
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise InputError(
             f"{where}: no training iteration count (training.iterations, a positive integer); rerun rule plan "

@@ -25,10 +25,13 @@ log = logging.getLogger("carve.training.fold")
 MIRROR_PROBABILITY = 0.5  # per planned mirror axis, in training (nnU-Net's)
 
 
-def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, iterations: int | None = None):
+def train_config_from(
+    plans: Mapping, options: Mapping[str, Any], seed: int, iterations: int | None = None, supervised: bool = False
+):
     """The resolved :class:`carve.training.train.TrainConfig` of a fold: plans first, then the config's ``train``
     keys. The fold trains ``iterations``, else the count fixed when the run was planned (``plans["training"]``,
-    :mod:`carve.training.budget`); the config's budget keys only decide that count."""
+    :mod:`carve.training.budget`; with ``supervised`` a supervised model's count of the same budget, where the folds
+    train a mean teacher's dearer step); the config's budget keys only decide that count."""
     from carve.training.augment import AugmentConfig
     from carve.training.network import NetworkConfig
     from carve.training.train import TrainConfig
@@ -55,7 +58,7 @@ def train_config_from(plans: Mapping, options: Mapping[str, Any], seed: int, ite
     augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in augment_keys.items()})
     return TrainConfig(
         **opts,
-        iterations=int(iterations) if iterations is not None else planned_iterations(plans),
+        iterations=int(iterations) if iterations is not None else planned_iterations(plans, supervised=supervised),
         precision=planned_precision(plans),
         channels_last=planned_channels_last(plans),
         epochs=None,
