@@ -32,6 +32,7 @@ QUICK = (
     "bench_metrics",
     "bench_mesh",
     "bench_inference_memory",
+    "bench_unlabelled_memory",
     "bench_dag",
     "bench_cuda_determinism",
     "bench_resampling",
