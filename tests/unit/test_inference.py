@@ -208,6 +208,13 @@ def test_std_matches_explicit_members() -> None:
     np.testing.assert_allclose(result.std, members.std(0), atol=1e-5)
     entropies = -(members * np.log(np.clip(members, 1e-30, 1))).sum(1)
     np.testing.assert_allclose(result.mean_entropy, entropies.mean(0), atol=1e-5)
+    # the labels' std alone (what rule predict writes): the same bytes for classes 1.., the rest unchanged
+    labels_only = run(models, image * 0.2, overlap=0.5, foreground_std_only=True)
+    assert result.std_first_class == 0 and labels_only.std_first_class == 1
+    assert labels_only.std.shape == (N_CLASSES - 1, *result.std.shape[1:])
+    np.testing.assert_array_equal(labels_only.std, result.std[1:])
+    np.testing.assert_array_equal(labels_only.mean_probabilities, result.mean_probabilities)
+    np.testing.assert_array_equal(labels_only.mean_entropy, result.mean_entropy)
 
 
 def test_half_precision_output_and_conv_model_ensemble() -> None:

@@ -46,11 +46,12 @@ class EnsembleResult:
 
     mean_probabilities: np.ndarray  # (n_classes, z, y, x), float32 or float16
     mean_entropy: np.ndarray | None  # (z, y, x) float32, nats: mean over members of each member's entropy
-    std: np.ndarray | None  # (n_classes, z, y, x), float32 or float16: per-label std across members (ddof 0)
+    std: np.ndarray | None  # (n_classes - std_first_class, z, y, x), float32 or float16: per-label std (ddof 0)
     n_members: int
     member_labels: tuple[np.ndarray, ...] = ()  # (z, y, x) uint8 argmax of each member, with member_labels=True
     member_statistics: tuple[object, ...] = ()  # member_statistic(probabilities) of each member, when given
     # mean_entropy and std are None with uncertainty=False (the mean alone)
+    std_first_class: int = 0  # std[i] is class std_first_class + i's (1: the background's is not kept)
 
 
 class Projection(Protocol):
@@ -199,9 +200,12 @@ class _Statistics:
     """Running ensemble statistics over the (padded) volume, folded in slab by slab along z: Welford's mean and
     sum of squared deviations and the entropy sum (``uncertainty``), or the mean alone."""
 
-    def __init__(self, n_classes: int, volume: Shape3, uncertainty: bool, member_labels: bool, **kw) -> None:
+    def __init__(
+        self, n_classes: int, volume: Shape3, uncertainty: bool, member_labels: bool, std_first_class: int = 0, **kw
+    ) -> None:
         self.mean = torch.zeros((n_classes, *volume), **kw)
-        self.sq_dev_sum = torch.zeros((n_classes, *volume), **kw) if uncertainty else None  # Welford's M2
+        self.std_first_class = std_first_class  # Welford's M2 of the classes from this one on
+        self.sq_dev_sum = torch.zeros((n_classes - std_first_class, *volume), **kw) if uncertainty else None
         self.entropy_sum = torch.zeros(volume, **kw) if uncertainty else None
         self.keep_labels, self.labels = member_labels, None
         self.volume, self.n_members = volume, 0
@@ -223,7 +227,8 @@ class _Statistics:
         probabilities -= mean  # now delta = p - old mean
         mean.add_(probabilities, alpha=1.0 / n)
         if self.sq_dev_sum is not None:
-            self.sq_dev_sum[:, z].addcmul_(probabilities, probabilities, value=(n - 1) / n)  # delta * (p - new mean)
+            delta = probabilities[self.std_first_class :]
+            self.sq_dev_sum[:, z].addcmul_(delta, delta, value=(n - 1) / n)  # delta * (p - new mean)
 
     def member_labels(self, crop: tuple) -> np.ndarray:
         return np.ascontiguousarray(self.labels[crop].cpu().numpy())
@@ -316,6 +321,7 @@ def sliding_window_probabilities(
     uncertainty: bool = True,
     member_accumulator: Callable[[], Any] | None = None,
     channels_last: bool = False,
+    foreground_std_only: bool = False,
 ) -> EnsembleResult:
     """Ensemble probabilities and uncertainty statistics of ``models`` over ``image`` (C, z, y, x).
 
@@ -332,7 +338,9 @@ def sliding_window_probabilities(
     unprojection; a view of the member buffer, valid only during the call) and its results are returned in order, for
     scores that need each member's own probabilities (:func:`carve.evaluation.failure.predicted_dice` per member).
 
-    ``uncertainty=False`` keeps the mean alone (``std`` and ``mean_entropy`` are None).
+    ``uncertainty=False`` keeps the mean alone (``std`` and ``mean_entropy`` are None). ``foreground_std_only``
+    keeps the std of classes 1.. only (``std_first_class`` 1), for a caller that never reads the background's:
+    one ``volume`` less in ``accumulate_dtype``.
 
     ``channels_last``: models and window batches in the ``torch.channels_last_3d`` memory format (the same
     arithmetic, another layout; rule ``choose_inference_precision`` decides where it is faster).
@@ -343,11 +351,11 @@ def sliding_window_probabilities(
     (:class:`carve.evaluation.failure.PredictedDiceSums`).
 
     Memory beyond the image, in ``accumulate_dtype``: the running mean (``n_classes x volume``), with
-    ``uncertainty`` also the running sum of squared deviations (``n_classes x volume``) and the entropy sum (one
-    volume); and the member being predicted with its summed window weights, one patch deep along z (each row of
-    windows is folded in as soon as the next row starts beyond it) or, with projections or a
-    ``member_statistic``, the whole volume; with projections also one projected copy of the image and one float32
-    volume while a member is unprojected.
+    ``uncertainty`` also the running sum of squared deviations (``n_classes x volume``, one volume less with
+    ``foreground_std_only``) and the entropy sum (one volume); and the member being predicted with its summed
+    window weights, one patch deep along z (each row of windows is folded in as soon as the next row starts beyond
+    it) or, with projections or a ``member_statistic``, the whole volume; with projections also one projected copy
+    of the image and one float32 volume while a member is unprojected.
     """
     if not models:
         raise ValueError("sliding_window_probabilities needs at least one model")
@@ -376,7 +384,7 @@ def sliding_window_probabilities(
         raise ValueError("give member_statistic or member_accumulator, not both")
     streaming = not projections and member_statistic is None
     kw = {"device": device, "dtype": accumulate_dtype}
-    stats = _Statistics(n_classes, volume, uncertainty, member_labels, **kw)
+    stats = _Statistics(n_classes, volume, uncertainty, member_labels, int(foreground_std_only), **kw)
     rows = _rows(starts)
     depth = patch[0] if streaming else volume[0]
     member = torch.empty((n_classes, depth, *volume[1:]), **kw)
@@ -464,4 +472,5 @@ def sliding_window_probabilities(
         n_members=n_members,
         member_labels=tuple(labels_of_members),
         member_statistics=tuple(statistics),
+        std_first_class=stats.std_first_class,
     )

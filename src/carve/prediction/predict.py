@@ -160,6 +160,7 @@ def ensemble_probabilities(models: Sequence, data: np.ndarray, plans: Mapping, o
         projections=radial_projections(options.projections, options.projection_gamma),
         member_labels=True,
         channels_last=options.channels_last,
+        foreground_std_only=True,  # write_case_outputs writes the std of the labels only
         # member_predicted_dice_*: added slab by slab, so that the members stream (no projections)
         member_accumulator=partial(PredictedDiceSums, int(plans["n_classes"]), plan_label_names(plans)),
     )
@@ -197,7 +198,7 @@ def write_case_outputs(
         if path is not None:
             write_own(path, array if array.dtype == np.uint8 else np.round(array, MAP_DECIMALS, out=array))
 
-    std_maps, n_members = result.std, int(result.n_members)
+    std_maps, first, n_members = result.std, result.std_first_class, int(result.n_members)
     expected_dice = predicted_dice(result.mean_probabilities, label_names)  # on the plan grid, one class at a time
     expected_dice |= member_agreement(result.member_labels, label_names)  # NaN with fewer than two members
     expected_dice |= member_mean_predicted_dice(result.member_statistics)  # the same whatever the number of members
@@ -209,7 +210,7 @@ def write_case_outputs(
         write_map(outputs.map_path("confidence"), np.rint(confidence, out=confidence).astype(np.uint8))
     std_sums = {}
     for k in sorted(label_names):
-        std = resize(std_maps[k])
+        std = resize(std_maps[k - first])
         std_sums[k] = float(std[maps.labels == k].sum(dtype=np.float64))
         write_map(outputs.map_path(f"std_{label_names[k]}"), std)
         del std
