@@ -18,7 +18,8 @@ loads the same ones from one file. The sides:
   ``choose_inference_precision`` does, by :func:`carve.prediction.inference_precision.decide_inference_precision`
   on the first fold model, the patch and the batch (bf16 where the CPU has native bf16 and it is at least 1.2x
   faster, else fp32). It fuses each window's softmax (Gaussian weighted), averages the members' probabilities and
-  also streams the per-voxel std and entropy across members (work the other sides do not do).
+  also streams the per-voxel std of the labels (as rule predict, not the background's) and the entropy across
+  members (work the other sides do not do).
   ``carve-fp32``: the same in fp32 (the reference of the agreement columns). ``carve-nomaps``: the same as carve
   with ``uncertainty=False`` (the mean alone, what the other sides compute). ``carve-fp16`` (opt-in,
   ``--sides``): float32 arithmetic with float16 accumulators.
@@ -141,6 +142,7 @@ def _prepare_carve(weights: dict, spec: dict, side: str):
             half_precision_output=half,
             sigma_scale=SIGMA_SCALE,
             uncertainty=side != "carve-nomaps",
+            foreground_std_only=True,  # as rule predict: the background's std is never written
         )
         return result.mean_probabilities
 
