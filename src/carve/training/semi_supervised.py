@@ -271,7 +271,7 @@ def copy_paste_mix(
     round(``fraction`` x side) voxels per axis (at least 1), at a uniformly random place drawn from ``generator``
     (CPU), is pasted: for even j the labelled box into the unlabelled patch, for odd j the unlabelled box into the
     labelled patch, so both directions appear. The target takes the pasted box's labels inside it and the
-    surrounding patch's outside. Returns (mixed (U, C, *spatial), target (U, *spatial))."""
+    surrounding patch's outside. Returns (mixed (U, C, *spatial), target (U, *spatial) in ``labels``' dtype)."""
     import torch
 
     if images.ndim != unlabelled.ndim or images.shape[1:] != unlabelled.shape[1:] or images.ndim < 3:
@@ -297,7 +297,7 @@ def copy_paste_mix(
         else:  # the unlabelled box into the labelled patch
             (img_in, lab_in), (img_out, lab_out) = (unlabelled[j], pseudo[j]), (images[i], labels[i])
         mixed.append(torch.where(inside, img_in, img_out))
-        targets.append(torch.where(inside, lab_in, lab_out.to(lab_in.dtype)))
+        targets.append(torch.where(inside, lab_in.to(labels.dtype), lab_out.to(labels.dtype)))
     return torch.stack(mixed), torch.stack(targets)
 
 
