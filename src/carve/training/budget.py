@@ -59,6 +59,12 @@ def iterations_for(budget_min: float, seconds_per_iteration: float) -> int:
     return max(1, math.floor(budget_min * 60.0 / seconds_per_iteration + 1e-9))
 
 
+def timed_count(budget_min: float, seconds: Sequence[float]) -> tuple[float, int]:
+    """(seconds per iteration on the grid, iterations that fill ``budget_min``) from timed steps' ``seconds``."""
+    per_iteration = on_grid(statistics.median(seconds))
+    return per_iteration, iterations_for(budget_min, per_iteration)
+
+
 def requested_budget(train: Mapping[str, Any]) -> tuple[str, float]:
     """Which budget the config's ``train`` keys give and its value: ``("iterations", n)`` (``iterations``, or
     ``epochs`` x ``iterations_per_epoch``), or ``("time_budget_min", minutes)`` where neither count is given."""
@@ -213,14 +219,12 @@ def training_budget(
             log.info("train.%s gives the count; train.time_budget_min (%s) is not used", kind, train["time_budget_min"])
         return {**entry, **runtime}
     seconds = timed(precision, channels_last)
-    median = statistics.median(seconds)
-    per_iteration = on_grid(median)
-    iterations = iterations_for(value, per_iteration)
+    per_iteration, iterations = timed_count(value, seconds)
     log.info(
         "time budget %.3g min: training step %.4f s (median of %d: %s) -> %.3g s per iteration on the grid -> %d "
         "iterations (%s, %d thread(s), %s%s)",
         value,
-        median,
+        statistics.median(seconds),
         len(seconds),
         " ".join(f"{s:.4f}" for s in seconds),
         per_iteration,
@@ -233,9 +237,9 @@ def training_budget(
     supervised = {}
     if semi.method == "mean_teacher":  # the learning curve's models train supervised: the same minutes' count
         variant = replace(config, precision=precision, channels_last=channels_last)
-        supervised_seconds = on_grid(statistics.median(measure_supervised(variant, device, threads)))
+        supervised_seconds, supervised_count = timed_count(value, measure_supervised(variant, device, threads))
         supervised = {
-            "supervised_iterations": iterations_for(value, supervised_seconds),
+            "supervised_iterations": supervised_count,
             "supervised_seconds_per_iteration": supervised_seconds,
         }
         log.info(
