@@ -20,10 +20,11 @@ pass) costs about two supervised steps, and self-training trains twice, so the m
 supervised training, as in the hippocampus runs (bench/train_hippocampus.py).
 
 Each run's written cross-validation predictions (``cv/{case}.nii.gz``, postprocessed: what ships) are scored here
-against the demo's labels (the sheet the run generated) with carve.evaluation.metrics; wall and CPU minutes are
+against the demo's labels (the sheet the run generated) with carve.evaluation.metrics; the run's wall minutes are
 the whole run's. A mean-teacher iteration costs more than a supervised one (its larger batch and the teacher's
-pass): the table gives the CPU minutes of the training jobs (Snakemake's benchmarks) so that compute is compared,
-not iterations alone. Markdown to ``--out`` and stdout.
+pass): the table gives the seconds of the training jobs (Snakemake's benchmarks; each takes all the run's cores)
+and of pseudo-labelling, so that compute is compared, not iterations alone. ``--score-only`` scores the runs
+already in ``--work`` again. Markdown to ``--out`` and stdout.
 """
 
 from __future__ import annotations
@@ -84,14 +85,17 @@ def score(results: Path, labels: dict[int, str]) -> list[dict]:
     return scored
 
 
-def training_cpu_min(results: Path) -> float:
+def job_seconds(results: Path, rules: set[str]) -> float:
+    """Wall seconds of the jobs of ``rules``, summed from Snakemake's benchmarks (a training job takes every core
+    the run has, so its jobs ran one after the other: wall seconds are its compute; Snakemake's ``cpu_time``
+    is sampled every 30 s or so and misses much of a job of a minute)."""
     total = 0.0
     for path in (results / "benchmarks").rglob("*.tsv"):
-        if {"train_fold", "train_round_fold"} & set(path.relative_to(results / "benchmarks").parts):
+        if rules & set(path.relative_to(results / "benchmarks").parts):
             with open(path, newline="") as f:
                 for row in csv.DictReader(f, delimiter="\t"):
-                    total += float(row.get("cpu_time") or 0.0)
-    return total / 60
+                    total += float(row["s"])
+    return total
 
 
 def main() -> int:
@@ -106,30 +110,40 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=pr.usable_cores())
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the runs already in --work (their snakemake.json) again"
+    )
     args = parser.parse_args()
     semi_iterations = args.semi_iterations or max(1, args.iterations // 2)
     machine = pr.machine_line()
     records = {}
     for name in args.methods:
         work = args.work / name
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
         iterations = args.iterations if name == "supervised" else semi_iterations
-        config = demo_config(work / "results", args.unlabelled, args.folds, iterations, METHODS[name])
+        if args.score_only:
+            config = yaml.safe_load((work / "config.yaml").read_text())
+            iterations = config["train"]["iterations"]
+            done = json.loads((work / "snakemake.json").read_text())
+            wall, cpu, machine = done["wall_s"], done["cpu_s"], done["machine"]
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            config = demo_config(work / "results", args.unlabelled, args.folds, iterations, METHODS[name])
+            (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            cmd = [*pr.snakemake_command(), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
+            cmd += ["--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
+            print(" ".join(cmd), file=sys.stderr, flush=True)
+            wall, cpu = pr.run_logged(cmd, work / "snakemake.log", cwd=work)
+            (work / "snakemake.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "machine": machine}) + "\n")
         labels = {int(k): v for k, v in config["labels"].items()}
-        (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        cmd = [*pr.snakemake_command(), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
-        cmd += ["--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
-        print(" ".join(cmd), file=sys.stderr, flush=True)
-        wall, cpu = pr.run_logged(cmd, work / "snakemake.log", cwd=work)
-        cases = score(work / "results", labels)
         records[name] = {
             "semi_supervised": METHODS[name],
             "iterations": iterations,
-            "cases": cases,
+            "cases": score(work / "results", labels),
             "wall_min": wall / 60,
             "cpu_min": cpu / 60,
-            "training_cpu_min": training_cpu_min(work / "results"),
+            "training_s": job_seconds(work / "results", {"train_fold", "train_round_fold"}),
+            "pseudo_label_s": job_seconds(work / "results", {"pseudo_label_fold"}),
         }
         print(name, json.dumps({k: v for k, v in records[name].items() if k != "cases"}), file=sys.stderr)
     base = records.get("supervised")
@@ -148,7 +162,7 @@ def main() -> int:
         "difference to supervised, case by case (t: mean / standard error).",
         "",
         f"| method | semi_supervised | iterations | {' | '.join(f'Dice {n}' for n in names)} | mean | "
-        "paired vs supervised | training CPU min | run wall min |",
+        "paired vs supervised | training jobs s (+ pseudo-labelling) | run wall min |",
         "|---|---|---:|" + "---:|" * (len(names) + 4),
     ]
     for name, rec in records.items():
@@ -158,10 +172,11 @@ def main() -> int:
             diff = np.array([c["mean"] for c in rec["cases"]]) - np.array([c["mean"] for c in base["cases"]])
             se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
             paired = f"{diff.mean():+.3f} (t {diff.mean() / se:.2f})" if se > 0 else f"{diff.mean():+.3f}"
+        pseudo = f" (+ {rec['pseudo_label_s']:.0f})" if rec["pseudo_label_s"] else ""
         block = ", ".join(f"{k}: {v}" for k, v in rec["semi_supervised"].items())
         lines.append(
             f"| {name} | {block} | {rec['iterations']} | {' | '.join(f'{means[n]:.3f}' for n in names)} | "
-            f"**{means['mean']:.3f}** | {paired} | {rec['training_cpu_min']:.1f} | {rec['wall_min']:.1f} |"
+            f"**{means['mean']:.3f}** | {paired} | {rec['training_s']:.0f}{pseudo} | {rec['wall_min']:.1f} |"
         )
     lines.append("")
     text = "\n".join(lines)
