@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 
 test: setup lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests  # the slowest 25 in the log: keep make test near 30 minutes
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

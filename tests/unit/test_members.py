@@ -14,7 +14,6 @@ from carve.prediction.members import (
     comparison_row,
     decide_members,
     decide_members_files,
-    extra_members,
     has_extra,
     load_member_decision,
     mean_foreground_dice,
@@ -78,9 +77,6 @@ def test_options_follow_the_decision() -> None:
     assert options_after(options, {"keep": True}) == options
     dropped = options_after(options, {"keep": False})
     assert dropped == plain(options) and (dropped.projections, dropped.mirror_axes, dropped.overlap) == (0, (), 0.25)
-    plans = {"mirror_axes": [0, 2]}
-    assert extra_members(plans, options) == {"mirror_axes": [0, 2], "projections": 2}
-    assert extra_members(plans, dropped) == {"mirror_axes": [], "projections": 0}
 
 
 def test_comparison_row_scores_both_variants_against_the_reference() -> None:

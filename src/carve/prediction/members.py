@@ -35,18 +35,10 @@ from carve.evaluation.calibration import REVIEW_CANDIDATES
 from carve.evaluation.failure import gap_closed, risk_score
 from carve.evaluation.metrics import overlap_metrics
 from carve.imaging.io import atomic_write_text
-from carve.prediction.predict import PredictOptions, prediction_mirror_axes
+from carve.prediction.predict import PredictOptions
 
 VARIANTS = ("plain", "extra")
 NONE_CONFIGURED = "no mirroring planned and no projections: the fold models are the only members"
-
-
-def extra_members(plans: Mapping[str, Any], options: PredictOptions) -> dict[str, Any]:
-    """The members a prediction adds to the fold models: mirror axes (from the plans) and projections."""
-    return {
-        "mirror_axes": list(prediction_mirror_axes(plans, options.mirror_axes)),
-        "projections": int(options.projections),
-    }
 
 
 def has_extra(extra: Mapping[str, Any]) -> bool:
