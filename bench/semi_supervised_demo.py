@@ -68,19 +68,15 @@ def demo_config(results: Path, n_unlabelled: int, folds: int, iterations: int, s
 
 
 def score(results: Path, labels: dict[int, str]) -> list[dict]:
-    from carve.evaluation.metrics import overlap_metrics
-    from carve.imaging.io import read_image
-
+    """Dice of each training case's written cv/ prediction against its label (the sheet the run generated), by
+    bench/pipeline_run.py's scoring (a prediction on another grid than its label's is refused)."""
     sheet = results / "data" / "cases.tsv"
     with open(sheet, newline="") as f:
         rows = [r for r in csv.DictReader(f, delimiter="\t") if r["role"] == "train"]
     scored = []
     for row in rows:
-        prediction, _ = read_image(results / "cv" / f"{row['case']}.nii.gz")
-        reference, _ = read_image(sheet.parent / row["label"])
-        if prediction.shape != reference.shape:
-            raise SystemExit(f"{row['case']}: prediction {prediction.shape} and label {reference.shape} differ")
-        dice = {name: overlap_metrics(reference == v, prediction == v)["dice"] for v, name in labels.items()}
+        prediction, reference = pr.read_on_grid(results / "cv" / f"{row['case']}.nii.gz", sheet.parent / row["label"])
+        dice = pr.dice_per_label(prediction, reference, labels)
         scored.append({"case": row["case"], **dice, "mean": float(np.mean(list(dice.values())))})
     return scored
 
@@ -111,7 +107,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
-        "--score-only", action="store_true", help="score the runs already in --work (their snakemake.json) again"
+        "--score-only", action="store_true", help="score the runs already in --work (their run.json) again"
     )
     args = parser.parse_args()
     semi_iterations = args.semi_iterations or max(1, args.iterations // 2)
@@ -119,22 +115,24 @@ def main() -> int:
     records = {}
     for name in args.methods:
         work = args.work / name
-        iterations = args.iterations if name == "supervised" else semi_iterations
         if args.score_only:
+            run = pr.earlier_run(work)
             config = yaml.safe_load((work / "config.yaml").read_text())
-            iterations = config["train"]["iterations"]
-            done = json.loads((work / "snakemake.json").read_text())
-            wall, cpu, machine = done["wall_s"], done["cpu_s"], done["machine"]
         else:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
+            iterations = args.iterations if name == "supervised" else semi_iterations
             config = demo_config(work / "results", args.unlabelled, args.folds, iterations, METHODS[name])
             (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             cmd = [*pr.snakemake_command(), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
             cmd += ["--configfile", str(work / "config.yaml"), "--cores", str(args.cores)]
             print(" ".join(cmd), file=sys.stderr, flush=True)
             wall, cpu = pr.run_logged(cmd, work / "snakemake.log", cwd=work)
-            (work / "snakemake.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "machine": machine}) + "\n")
+            run = {"machine": machine, "wall_s": wall, "cpu_s": cpu}
+            (work / "run.json").write_text(json.dumps(run) + "\n")
+        machine = run["machine"]
+        iterations = config["train"]["iterations"]
+        wall, cpu = run["wall_s"], run["cpu_s"]
         labels = {int(k): v for k, v in config["labels"].items()}
         records[name] = {
             "semi_supervised": METHODS[name],
