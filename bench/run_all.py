@@ -10,7 +10,8 @@ Long measurements are run by hand: bench/train_hippocampus.py (carve's cross-val
 run through the Snakefile as a user runs it; docs/training.md), bench/bench_training_quality.py (nnU-Net and that
 same pipeline run at equal training budget), bench/bench_inference.py (ensemble inference against MONAI and
 nnU-Net) and bench/bench_multidomain.py (shared against individual models); their results land in bench/results/
-and are collected here too.
+and are collected here too. bench/compare_hippocampus.py (run here: it trains nothing) pairs the hippocampus runs
+case by case, with 95 % intervals.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ QUICK = (
     "bench_cuda_determinism",
     "bench_resampling",
     "bench_throughput",
+    "compare_hippocampus",
 )
 
 
