@@ -39,6 +39,12 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("train_hippocampus_copy_paste_u20", "train_hippocampus_copy_paste_u60", "copy-paste: 20 unlabelled against 60"),
     ("train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_10min", "mean teacher at 10 minutes"),
     ("train_hippocampus_copy_paste_u60_10min", "train_hippocampus_10min", "copy-paste at 10 minutes"),
+    ("train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_mean_teacher_u60", "mean teacher: 10 min, 5 min"),
+    (
+        "train_hippocampus_copy_paste_u60_10min",
+        "train_hippocampus_mean_teacher_u60_10min",
+        "copy-paste against the plain mean teacher, 10 min",
+    ),
     ("train_hippocampus_self_training_teacher_u60_10min", "train_hippocampus_10min", "self-training 5 + 5 minutes"),
 )
 SEED_REPEATS = {("train_hippocampus_10min_seed1", "train_hippocampus_10min")}  # one config, two seeds
