@@ -122,7 +122,7 @@ def render(rows: list[Paired], machines: dict[str, str], missing: list[str]) -> 
         "`python bench/compare_hippocampus.py`; no training: it reads the runs' JSON in bench/results/ (each "
         "written by bench/train_hippocampus.py, whose .md names its machine, commit and the config keys that "
         "differ from the defaults). Per pair: the mean over the 10 cases of the difference in mean foreground"
-        " Dice (cv/, what ships), each case scored by the fold that held it out, the same split in every run;"
+        " Dice (cv/, what ships), each case scored by the fold that held it out, one split for every run of a seed;"
         " SD of the differences; Student's t (9 degrees of freedom) and the two-sided 95 % interval; cases "
         "where the run scored higher. The interval covers the cases' variation with each run's training noise"
         f" inside it, not a different split or seed. Issue #19's aim is +{AIM} at equal compute: `aim "
