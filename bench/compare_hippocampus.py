@@ -19,52 +19,97 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from scipy import stats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AIM = 0.02
 
-# (run, reference, what the pair compares); names are bench/results/<name>.json
-PAIRS: tuple[tuple[str, str, str], ...] = (
-    ("train_hippocampus_10min", "train_hippocampus", "supervised: 10 minutes against 5"),
-    ("train_hippocampus_10min_seed1", "train_hippocampus_10min", "supervised 10 minutes: seed 1 against seed 0"),
-    ("train_hippocampus_bf16_750", "train_hippocampus_fp32_750", "supervised, 750 iterations: bf16 against fp32"),
-    ("train_hippocampus_mean_teacher_u60", "train_hippocampus", "mean teacher at 5 minutes against supervised"),
-    ("train_hippocampus_copy_paste_u60", "train_hippocampus", "copy-paste, 750 iterations, against supervised 5 min"),
-    ("train_hippocampus_copy_paste_u20", "train_hippocampus", "copy-paste, 20 unlabelled, against supervised 5 min"),
-    ("train_hippocampus_self_training_u60", "train_hippocampus", "self-training (from scratch) 2.5 + 2.5 min"),
-    ("train_hippocampus_self_training_teacher_u60", "train_hippocampus", "self-training (from teacher) 750 + 750"),
-    ("train_hippocampus_copy_paste_u60", "train_hippocampus_bf16_750", "copy-paste against supervised, 750 iterations"),
-    ("train_hippocampus_copy_paste_u20", "train_hippocampus_copy_paste_u60", "copy-paste: 20 unlabelled against 60"),
-    ("train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_10min", "mean teacher at 10 minutes"),
-    ("train_hippocampus_copy_paste_u60_10min", "train_hippocampus_10min", "copy-paste at 10 minutes"),
-    ("train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_mean_teacher_u60", "mean teacher: 10 min, 5 min"),
-    (
+EQUAL_COMPUTE = "equal compute"  # a method against supervised at the same minutes: reads issue #19's aim
+SEED = "seed"  # one config run with two seeds
+
+
+class Pair(NamedTuple):
+    run: str  # bench/results/<run>.json
+    reference: str
+    what: str
+    kind: str = ""  # EQUAL_COMPUTE, SEED or another comparison
+
+
+PAIRS: tuple[Pair, ...] = (
+    Pair("train_hippocampus_10min", "train_hippocampus", "supervised: 10 minutes against 5"),
+    Pair(
+        "train_hippocampus_10min_seed1", "train_hippocampus_10min", "supervised 10 minutes: seed 1 against seed 0", SEED
+    ),
+    Pair("train_hippocampus_bf16_750", "train_hippocampus_fp32_750", "supervised, 750 iterations: bf16 against fp32"),
+    Pair(
+        "train_hippocampus_mean_teacher_u60",
+        "train_hippocampus",
+        "mean teacher at 5 minutes against supervised",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_copy_paste_u60",
+        "train_hippocampus",
+        "copy-paste, 750 iterations, against supervised 5 min",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_copy_paste_u20",
+        "train_hippocampus",
+        "copy-paste, 20 unlabelled, against supervised 5 min",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_self_training_u60",
+        "train_hippocampus",
+        "self-training (from scratch) 2.5 + 2.5 min",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_self_training_teacher_u60",
+        "train_hippocampus",
+        "self-training (from teacher) 750 + 750",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_copy_paste_u60",
+        "train_hippocampus_bf16_750",
+        "copy-paste against supervised, 750 iterations",
+    ),
+    Pair(
+        "train_hippocampus_copy_paste_u20", "train_hippocampus_copy_paste_u60", "copy-paste: 20 unlabelled against 60"
+    ),
+    Pair(
+        "train_hippocampus_mean_teacher_u60_10min",
+        "train_hippocampus_10min",
+        "mean teacher at 10 minutes",
+        EQUAL_COMPUTE,
+    ),
+    Pair(
+        "train_hippocampus_copy_paste_u60_10min", "train_hippocampus_10min", "copy-paste at 10 minutes", EQUAL_COMPUTE
+    ),
+    Pair(
+        "train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_mean_teacher_u60", "mean teacher: 10 min, 5 min"
+    ),
+    Pair(
         "train_hippocampus_copy_paste_u60_10min",
         "train_hippocampus_mean_teacher_u60_10min",
         "copy-paste against the plain mean teacher, 10 min",
     ),
-    ("train_hippocampus_self_training_teacher_u60_10min", "train_hippocampus_10min", "self-training 5 + 5 minutes"),
+    Pair(
+        "train_hippocampus_self_training_teacher_u60_10min",
+        "train_hippocampus_10min",
+        "self-training 5 + 5 minutes",
+        EQUAL_COMPUTE,
+    ),
 )
-SEED_REPEATS = {("train_hippocampus_10min_seed1", "train_hippocampus_10min")}  # one config, two seeds
-AT_EQUAL_COMPUTE = {  # the pairs that read issue #19's aim: a method against supervised at the same minutes
-    ("train_hippocampus_mean_teacher_u60", "train_hippocampus"),
-    ("train_hippocampus_copy_paste_u60", "train_hippocampus"),
-    ("train_hippocampus_copy_paste_u20", "train_hippocampus"),
-    ("train_hippocampus_self_training_u60", "train_hippocampus"),
-    ("train_hippocampus_self_training_teacher_u60", "train_hippocampus"),
-    ("train_hippocampus_mean_teacher_u60_10min", "train_hippocampus_10min"),
-    ("train_hippocampus_copy_paste_u60_10min", "train_hippocampus_10min"),
-    ("train_hippocampus_self_training_teacher_u60_10min", "train_hippocampus_10min"),
-}
 
 
 @dataclass(frozen=True)
 class Paired:
-    run: str
-    reference: str
-    what: str
+    pair: Pair
     cases: int
     run_mean: float
     reference_mean: float
@@ -86,11 +131,11 @@ def held_out(result: dict) -> list[list[str]]:
     return [sorted(s["val"]) for s in result["scores"]["splits"]]
 
 
-def paired(run: dict, reference: dict, names: tuple[str, str, str]) -> Paired:
+def paired(run: dict, reference: dict, pair: Pair) -> Paired:
     """The per-case differences run - reference and their 95 % interval (Student's t)."""
     a, b = case_dice(run), case_dice(reference)
     if set(a) != set(b):
-        raise ValueError(f"{names[0]} and {names[1]} scored different cases: {sorted(set(a) ^ set(b))}")
+        raise ValueError(f"{pair.run} and {pair.reference} scored different cases: {sorted(set(a) ^ set(b))}")
     cases = sorted(a)
     diffs = [a[c] - b[c] for c in cases]
     n = len(diffs)
@@ -99,9 +144,7 @@ def paired(run: dict, reference: dict, names: tuple[str, str, str]) -> Paired:
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.975, n - 1)) * se
     return Paired(
-        run=names[0],
-        reference=names[1],
-        what=names[2],
+        pair=pair,
         cases=n,
         run_mean=statistics.fmean(a.values()),
         reference_mean=statistics.fmean(b.values()),
@@ -133,18 +176,20 @@ def render(rows: list[Paired], machines: dict[str, str], missing: list[str]) -> 
         "|---|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
-        reachable = ("yes" if r.high >= AIM else "no") if (r.run, r.reference) in AT_EQUAL_COMPUTE else ""
-        what = r.what if r.same_split else f"{r.what} (other split)"
+        p = r.pair
+        reachable = ("yes" if r.high >= AIM else "no") if p.kind == EQUAL_COMPUTE else ""
+        what = p.what if r.same_split else f"{p.what} (other split)"
         lines.append(
-            f"| {what} | {r.run} ({r.run_mean:.3f}) | {r.reference} ({r.reference_mean:.3f}) | {r.difference:+.4f} "
+            f"| {what} | {p.run} ({r.run_mean:.3f}) | {p.reference} ({r.reference_mean:.3f}) | {r.difference:+.4f} "
             f"| {r.sd:.3f} | {r.t:+.2f} | [{r.low:+.3f}, {r.high:+.3f}] | {r.higher} of {r.cases} | {reachable} |"
         )
-    at_equal = [r for r in rows if (r.run, r.reference) in AT_EQUAL_COMPUTE]
+    at_equal = [r for r in rows if r.pair.kind == EQUAL_COMPUTE]
     if at_equal:
         best = max(at_equal, key=lambda r: r.high)
         lines += [
             "",
-            f"* At equal compute, the highest upper end of any method's interval is {best.high:+.3f} ({best.what}): "
+            f"* At equal compute, the highest upper end of any method's interval is {best.high:+.3f} "
+            f"({best.pair.what}): "
             + (
                 f"no method's interval reaches the aim of +{AIM}."
                 if best.high < AIM
@@ -152,9 +197,10 @@ def render(rows: list[Paired], machines: dict[str, str], missing: list[str]) -> 
             ),
         ]
     for r in rows:
-        if (r.run, r.reference) in SEED_REPEATS:
+        if r.pair.kind == SEED:
             lines.append(
-                f"* One config run with two seeds ({r.what}): mean {r.run_mean:.3f} against {r.reference_mean:.3f}, "
+                f"* One config run with two seeds ({r.pair.what}): mean {r.run_mean:.3f} against "
+                f"{r.reference_mean:.3f}, "
                 f"per-case differences {r.difference:+.4f} on average with SD {r.sd:.3f}: what a seed alone moves, "
                 "to read every other pair's difference and SD against."
             )
@@ -171,14 +217,14 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     loaded: dict[str, dict] = {}
     rows, missing = [], []
-    for names in PAIRS:
-        paths = [args.results / f"{name}.json" for name in names[:2]]
-        if not all(p.is_file() for p in paths):
-            missing.append(f"{names[0]} against {names[1]}")
+    for pair in PAIRS:
+        paths = {name: args.results / f"{name}.json" for name in (pair.run, pair.reference)}
+        if not all(p.is_file() for p in paths.values()):
+            missing.append(f"{pair.run} against {pair.reference}")
             continue
-        for name, path in zip(names[:2], paths, strict=True):
+        for name, path in paths.items():
             loaded.setdefault(name, json.loads(path.read_text()))
-        rows.append(paired(loaded[names[0]], loaded[names[1]], names))
+        rows.append(paired(loaded[pair.run], loaded[pair.reference], pair))
     machines = {name: result["run"]["machine"].split(" (")[0] for name, result in loaded.items()}
     text = render(rows, machines, missing)
     args.out.write_text(text)
